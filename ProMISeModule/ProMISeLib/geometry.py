@@ -145,7 +145,7 @@ class ImageGeometry:
         index = np.atleast_2d(self.to_index(points, space))
         voxel = np.floor(index + 0.5).astype(np.int64)
         size = np.asarray(self.size)
-        for point, idx in zip(points, voxel):
+        for point, idx in zip(points, voxel, strict=True):
             if np.any(idx < 0) or np.any(idx >= size):
                 shown = ", ".join(f"{v:g}" for v in point)
                 raise PointOutsideImageError(

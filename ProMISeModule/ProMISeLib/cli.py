@@ -1,0 +1,208 @@
+"""Command line: ``promise segment``, ``promise demo``, ``promise models`` and ``promise weights``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError, ProMISeError
+from .geometry import SPACES
+
+EXIT_BAD_INPUT = 2
+
+
+def _point(text: str) -> tuple[float, float, float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three numbers), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promise", description="One-click 3D lesion segmentation with a frozen SAM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment the lesion at one or more clicks")
+    seg.add_argument("image", help="image file (NRRD, NIfTI, ...) or DICOM folder")
+    seg.add_argument("--point", action="append", type=_point, required=True, metavar="X,Y,Z",
+                     help="positive click (repeatable)")
+    seg.add_argument("--negative", action="append", type=_point, default=[], metavar="X,Y,Z",
+                     help="negative click (repeatable)")
+    seg.add_argument("--space", choices=SPACES, default="lps",
+                     help="coordinates of the clicks: lps (ITK/file headers, default), ras (Slicer), ijk (voxels)")
+    _add_model_options(seg)
+    seg.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto",
+                     help="intensity normalisation (auto: CT when values look like Hounsfield units)")
+    seg.add_argument("--name", default="lesion", help="segment name in a .seg.nrrd output")
+    seg.add_argument("--output", "-o", required=True, help="output mask: .nii.gz, .nrrd or .seg.nrrd")
+    seg.add_argument("--report", default=None, help="also write the run's facts (timings, memory) as JSON here")
+
+    demo = sub.add_parser("demo", help="segment a real tumour scan end to end and write an overlay PNG")
+    _add_model_options(demo)
+    demo.add_argument("--output-dir", default="promise-demo", help="folder for the mask and the PNG")
+
+    sub.add_parser("models", help="list the models and whether their weights are installed")
+
+    weights = sub.add_parser("weights", help="download or remove model weights")
+    wsub = weights.add_subparsers(dest="action", required=True)
+    download = wsub.add_parser("download", help="download a model's weights (pinned URL, SHA-256 checked)")
+    download.add_argument("model")
+    remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
+    remove.add_argument("model", nargs="*")
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="litemedsam", help="model name (see `promise models`)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--weights", default=None, help="path to the model's weights file (else the registry's)")
+
+
+class _Progress:
+    """tqdm bar on a terminal, silent otherwise."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, unit="%", leave=False, disable=not sys.stderr.isatty(),
+                        bar_format="{l_bar}{bar}| {elapsed}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.set_description_str(message[:40])
+        self.bar.update(max(0, int(fraction * 100) - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .engine import Segmenter
+    from .volume_io import check_writable, read_image, write_mask
+
+    output = check_writable(args.output)
+    volume, geometry = read_image(args.image)
+    # Validate every click before any model work, so bad input fails fast.
+    geometry.to_voxel_kji(np.asarray(args.point), args.space)
+    if args.negative:
+        geometry.to_voxel_kji(np.asarray(args.negative), args.space)
+    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights)
+    progress = _Progress()
+    try:
+        result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
+                                   modality=args.modality, progress=progress)
+    finally:
+        progress.close()
+    write_mask(output, result.mask, geometry, segment_name=args.name)
+    for message in result.messages:
+        print(f"note: {message}")
+    print(f"{output}: {result.summary()}")
+    if args.report:
+        _write_report(args.report, result)
+    return 0
+
+
+def _write_report(path: str, result) -> None:
+    import json
+    import resource
+
+    from .volume_io import atomic_write
+
+    facts = {
+        "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
+        "engine_seconds": result.elapsed_s, "encoded_slices": result.encoded_slices, "model": result.model,
+        "device": result.device, "method": result.method, "messages": result.messages,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(facts, indent=1)))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from scipy import ndimage
+
+    from .engine import Segmenter
+    from .metrics import dice
+    from .overlay import write_overlay
+    from .sample_data import demo_case
+    from .volume_io import read_image, read_label, write_mask
+
+    case = demo_case()
+    print(f"demo case {case.id}: {case.image}")
+    volume, geometry = read_image(case.image)
+    truth = np.isin(read_label(case.label, geometry), case.label_values or (1,))
+    # The click a user would place: the lesion voxel nearest the lesion's centroid.
+    voxels = np.argwhere(truth)
+    centre = np.asarray(ndimage.center_of_mass(truth))
+    click = tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+    point_lps = geometry.index_to_lps(np.array(click[::-1], dtype=float))
+    print("click (LPS mm): " + ",".join(f"{v:.1f}" for v in point_lps))
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights)
+    progress = _Progress()
+    try:
+        result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)
+    finally:
+        progress.close()
+    mask_path = write_mask(out_dir / f"{case.id}_promise.seg.nrrd", result.mask, geometry, segment_name="tumour")
+    png = write_overlay(out_dir / f"{case.id}_overlay.png", volume, result.mask, geometry, click)
+    for message in result.messages:
+        print(f"note: {message}")
+    print(f"{mask_path}: {result.summary()}")
+    print(f"{png}: overlay of three planes through the click")
+    print(f"Dice against the expert label: {dice(result.mask, truth):.3f}")
+    return 0
+
+
+def _run_models() -> int:
+    from .models.registry import list_models
+
+    for info in list_models():
+        state = "installed" if info.installed else "not installed"
+        print(f"{info.name:12s} {info.size_mb:8.1f} MB  {state:13s}  {info.title}  {info.location or ''}")
+    return 0
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    from .models.registry import get_model_spec
+    from .weights import download_weights, remove_downloaded_weights
+
+    if args.action == "download":
+        path = download_weights(get_model_spec(args.model).weights)
+        print(f"{args.model}: {path}")
+        return 0
+    names = [get_model_spec(name).weights for name in args.model] or None
+    for path in remove_downloaded_weights(names):
+        print(f"removed {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "segment":
+            return _run_segment(args)
+        if args.command == "demo":
+            return _run_demo(args)
+        if args.command == "models":
+            return _run_models()
+        if args.command == "weights":
+            return _run_weights(args)
+        raise InvalidInputError(f"unknown command {args.command}")
+    except ProMISeError as exc:
+        print(f"promise: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("promise: cancelled; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

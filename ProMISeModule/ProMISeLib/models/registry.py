@@ -1,0 +1,104 @@
+"""Model registry: names a user types (``--model``) mapped to a builder, weights and input scaling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CheckpointError, InvalidInputError
+from ..preprocess import InputScaling
+from ..weights import weights_file, weights_status
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from torch import nn
+
+DEFAULT_MODEL = "litemedsam"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A segmentation backbone the engine can run."""
+
+    name: str
+    title: str
+    weights: str
+    scaling: InputScaling
+    build: Callable[[Path], nn.Module]
+    bundled: bool = False  # weights ship with a package the engine installs
+    point_prompts: bool = True  # False for box-trained models, where a click as a point prompt misleads
+
+    @property
+    def size_mb(self) -> float:
+        return weights_file(self.weights).size_mb
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a UI shows about a model."""
+
+    name: str
+    title: str
+    size_mb: float
+    installed: bool
+    location: str | None
+    downloadable: bool
+    bundled: bool
+
+
+def _build_litemedsam(path: Path) -> nn.Module:
+    from .litemedsam import build_litemedsam
+
+    return build_litemedsam(path)
+
+
+def _sam_builder(kind: str) -> Callable[[Path], nn.Module]:
+    def build(path: Path) -> nn.Module:
+        from .sam import build_sam
+
+        return build_sam(kind, path)
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px; bundled)", "lite_medsam",
+                  InputScaling(256, "minmax"), _build_litemedsam, bundled=True,
+                  point_prompts=False),
+        ModelSpec("sam_vit_b", "SAM ViT-B (1024 px; 375 MB download)", "sam_vit_b",
+                  InputScaling(1024, "meanstd"), _sam_builder("vit_b")),
+        ModelSpec("sam_vit_l", "SAM ViT-L (1024 px; 1.2 GB download)", "sam_vit_l",
+                  InputScaling(1024, "meanstd"), _sam_builder("vit_l")),
+        ModelSpec("sam_vit_h", "SAM ViT-H (1024 px; 2.6 GB download)", "sam_vit_h",
+                  InputScaling(1024, "meanstd"), _sam_builder("vit_h")),
+    )
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+def list_models() -> list[ModelInfo]:
+    """Every registered model with its install state; the default first."""
+    infos = []
+    for spec in sorted(MODELS.values(), key=lambda s: (s.name != DEFAULT_MODEL, s.name)):
+        installed, location = weights_status(spec.weights)
+        entry = weights_file(spec.weights)
+        infos.append(ModelInfo(spec.name, spec.title, spec.size_mb, installed,
+                               str(location) if location else None, entry.remote is not None, spec.bundled))
+    return infos
+
+
+def check_model_weights(name: str) -> None:
+    """Raise CheckpointError unless the model's weights are present."""
+    spec = get_model_spec(name)
+    installed, _ = weights_status(spec.weights)
+    if not installed:
+        raise CheckpointError(f"{name}: weights not installed; run `promise weights download {name}`")

@@ -1,0 +1,335 @@
+"""From clicks to a 3D mask with a frozen 2D box-prompted model.
+
+The model was trained on boxes, so a click is turned into a box first:
+
+1. **Seed search** on the click's slice: square boxes of several physical sizes centred on
+   the click are decoded in one batch. Each candidate mask (its component holding the click)
+   is re-prompted with its own bounding box; a mask that the model reproduces from its own box
+   is a fixed point. Candidates are scored by the model's predicted IoU times that agreement.
+2. **ROI crop**: the crop is re-centred on the chosen lesion and sized to a few lesion
+   diameters, so the lesion is large in the model's 256 px input; the seed is redone there.
+3. **Propagation** slice by slice, both ways: each slice gets the previous slice's mask box
+   (plus a margin). It stops where the lesion ends: the mask vanishes, leaves the previous
+   mask's footprint, grows abruptly, or its intensities stop matching the lesion's.
+
+Positive clicks on other slices add point prompts there (or start another seed when the mask
+does not reach them); negative clicks add negative points and cut their component out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import EmptySegmentationError, SegmentationCancelled
+from .predictor import SlicePredictor
+from .preprocess import CropWindow
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Tunable constants, in physical units where that makes them scan-independent."""
+
+    context_mm: float = 160.0  # side of the first, wide crop used to find the lesion
+    seed_half_sizes_mm: tuple[float, ...] = (3, 4, 6, 9, 13, 19, 27, 38, 54, 76)
+    crop_to_lesion: float = 4.0  # ROI crop side / lesion diameter
+    min_crop_px: int = 48
+    box_margin: float = 0.06  # fraction of box size added on each side (seed self-consistency check)
+    box_margin_px: float = 2.0
+    min_area_fraction: float = 0.04  # of the largest slice area so far
+    max_growth: float = 2.2  # area ratio to the previous slice
+    intensity_z: float = 2.5  # allowed shift of the mask's mean intensity, in lesion SDs
+    min_score: float = 0.7  # predicted IoU x self-consistency of the chosen mask
+    propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
+    min_seed_score: float = 0.3  # below this the click is reported as finding nothing
+    crop_snap: int = 16  # crops snap to this grid so a moved click reuses cached embeddings
+    adaptive_crop: bool = False  # re-centre and re-size the ROI on every slice around the previous mask
+    point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
+
+
+@dataclass
+class SliceMasks:
+    """Per-slice crop masks of one lesion."""
+
+    crop: CropWindow
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    stops: list[str] = field(default_factory=list)
+    crops: dict[int, CropWindow] = field(default_factory=dict)  # per-slice crops (adaptive ROI)
+
+    def crop_of(self, k: int) -> CropWindow:
+        return self.crops.get(k, self.crop)
+
+
+def _component_at(mask: np.ndarray, point_ji: tuple[int, int]) -> np.ndarray:
+    """The connected component of ``mask`` holding ``point_ji`` (empty if none)."""
+    labels, _ = ndimage.label(mask)
+    value = labels[point_ji]
+    return labels == value if value else np.zeros_like(mask)
+
+
+def _box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np.ndarray:
+    """(x0, y0, x1, y1) box of a mask, widened by a relative and an absolute margin."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dx = (x1 - x0) * margin + margin_px
+    dy = (y1 - y0) * margin + margin_px
+    return np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy], dtype=np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+class LesionPropagator:
+    """Runs the seed search and the slice-by-slice propagation for one volume."""
+
+    def __init__(self, predictor: SlicePredictor, volume: np.ndarray, spacing_ji: tuple[float, float],
+                 settings: PropagationSettings | None = None, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> None:
+        self.predictor = predictor
+        self.volume = volume  # normalised 0-255, (K, J, I)
+        self.pixel_mm = float(np.sqrt(spacing_ji[0] * spacing_ji[1]))
+        self.settings = settings or PropagationSettings()
+        self.progress = progress
+        self.cancel = cancel
+        self.messages: list[str] = []
+
+    # --- helpers --------------------------------------------------------------------------
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise SegmentationCancelled("segmentation cancelled")
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+    def _embedding(self, k: int, crop: CropWindow):
+        self._check_cancel()
+        return self.predictor.embed(self.volume, [k], crop)[k]
+
+    @staticmethod
+    def _points_in_crop(points: list[tuple[int, int, int]], k: int, crop: CropWindow):
+        """(x, y) crop coordinates of the clicks on slice k."""
+        return [(p[2] - crop.i0, p[1] - crop.j0) for p in points if p[0] == k]
+
+    def _prompt_points(self, k: int, crop: CropWindow, positives, negatives):
+        if not self.settings.point_prompts:
+            return None, None
+        pos = self._points_in_crop(positives, k, crop)
+        neg = self._points_in_crop(negatives, k, crop)
+        if not pos and not neg:
+            return None, None
+        pts = np.array(pos + neg, dtype=np.float32) + 0.0
+        labels = np.array([1] * len(pos) + [0] * len(neg))
+        return pts, labels
+
+    def _exclude(self, boxes: np.ndarray, k: int, crop: CropWindow, negatives) -> np.ndarray:
+        """Move the nearest side of each box past any negative click inside it (box-trained models)."""
+        boxes = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+        for x, y in self._points_in_crop(negatives, k, crop):
+            for box in boxes:
+                x0, y0, x1, y1 = box
+                if x0 <= x <= x1 and y0 <= y <= y1:
+                    gaps = [x - x0, y - y0, x1 - x, y1 - y]
+                    side = int(np.argmin(gaps))
+                    box[side] = (x + 1, y + 1, x - 1, y - 1)[side]
+        return boxes
+
+    # --- seed -----------------------------------------------------------------------------
+    def seed(self, click_kji: tuple[int, int, int], positives, negatives) -> tuple[CropWindow, np.ndarray, float]:
+        """Find the lesion at the click; return the ROI crop, its crop mask and a score (0-1)."""
+        k, j, i = click_kji
+        s = self.settings
+        rows, cols = self.volume.shape[1:]
+        side = int(min(max(rows, cols), max(s.min_crop_px, round(s.context_mm / self.pixel_mm))))
+        crop = CropWindow.around((j, i), side, snap=s.crop_snap)
+        if np.ptp(crop.extract(self.volume[k])) < 1e-3:
+            raise EmptySegmentationError("the image is uniform around the click: there is nothing to segment")
+        mask, score = self._search(k, (j, i), crop, positives, negatives)
+        if not mask.any() or score < s.min_seed_score:
+            raise EmptySegmentationError(
+                "no structure found at the click; click nearer the centre of the lesion or add a positive point"
+            )
+        # Re-centre and shrink the crop so the lesion fills more of the model's input.
+        box = _box_of(mask)
+        diameter = max(box[2] - box[0], box[3] - box[1])
+        new_side = int(max(s.min_crop_px, round(diameter * s.crop_to_lesion)))
+        if new_side < 0.8 * side:
+            centre = ((box[1] + box[3]) / 2 + crop.j0, (box[0] + box[2]) / 2 + crop.i0)
+            roi = CropWindow.around(centre, new_side, snap=s.crop_snap)
+            offset_box = box + np.array([crop.i0 - roi.i0, crop.j0 - roi.j0] * 2, dtype=np.float32)
+            refined, refined_score = self._refine(k, (j, i), roi, offset_box, positives, negatives)
+            if refined.any():
+                return roi, refined, refined_score
+            self.messages.append("the tighter ROI lost the lesion; kept the wide crop")
+        return crop, mask, score
+
+    def _search(self, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives):
+        s = self.settings
+        embedding = self._embedding(k, crop)
+        cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
+        radii = np.array(s.seed_half_sizes_mm) / self.pixel_mm
+        radii = radii[radii < crop.side]
+        boxes = np.stack([[ci - r, cj - r, ci + r + 1, cj + r + 1] for r in radii]).astype(np.float32)
+        points, labels = self._prompt_points(k, crop, positives, negatives)
+        boxes = self._exclude(boxes, k, crop, negatives)
+        first = self.predictor.decode(embedding, crop.side, boxes, points, labels)
+        candidates = []
+        for mask in first.masks:
+            component = _component_at(mask, (cj, ci))
+            if component.any():
+                candidates.append(component)
+        if not candidates:
+            return np.zeros((crop.side, crop.side), bool), 0.0
+        own_boxes = np.stack([_box_of(c, s.box_margin, s.box_margin_px) for c in candidates])
+        own_boxes = self._exclude(own_boxes, k, crop, negatives)
+        second = self.predictor.decode(embedding, crop.side, own_boxes, points, labels)
+        best, best_score = None, -1.0
+        for cand, again, iou_pred in zip(candidates, second.masks, second.iou, strict=True):
+            again = _component_at(again, (cj, ci))
+            score = float(iou_pred) * _iou(cand, again)
+            if score > best_score:
+                best, best_score = cand, score
+        return best, best_score
+
+    def _refine(self, k: int, click_ji, crop: CropWindow, box: np.ndarray, positives, negatives):
+        """Decode a known box on a new crop, iterating to the box's fixed point (twice at most)."""
+        s = self.settings
+        embedding = self._embedding(k, crop)
+        cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
+        points, labels = self._prompt_points(k, crop, positives, negatives)
+        margin_box = box + np.array([-1, -1, 1, 1], np.float32) * (
+            np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.box_margin + s.box_margin_px)
+        mask, score = np.zeros((crop.side, crop.side), bool), 0.0
+        for _ in range(2):
+            margin_box = self._exclude(margin_box, k, crop, negatives)[0]
+            out = self.predictor.decode(embedding, crop.side, margin_box[None], points, labels)
+            component = _component_at(out.masks[0], (cj, ci))
+            if not component.any():
+                break
+            mask, score = component, float(out.iou[0])
+            margin_box = _box_of(mask, s.box_margin, s.box_margin_px)
+        return mask, score
+
+    def _follow(self, crop: CropWindow, previous: np.ndarray, prev_crop: CropWindow) -> CropWindow:
+        """An ROI for the next slice centred on the previous mask, a few lesion diameters wide.
+
+        Side and centre are snapped to a coarse grid so that repeated runs reuse cached embeddings.
+        """
+        s = self.settings
+        box = _box_of(previous)
+        diameter = max(box[2] - box[0], box[3] - box[1])
+        side = int(max(s.min_crop_px, np.ceil(diameter * s.crop_to_lesion / 16) * 16))
+        side = min(side, max(crop.side, s.min_crop_px))
+        centre_j = (box[1] + box[3]) / 2 + prev_crop.j0
+        centre_i = (box[0] + box[2]) / 2 + prev_crop.i0
+        return CropWindow.around((centre_j, centre_i), side, snap=s.crop_snap)
+
+    # --- propagation ----------------------------------------------------------------------
+    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives):
+        """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
+        s = self.settings
+        embedding = self._embedding(k, crop)
+        tight = _box_of(previous)
+        centre = (tight[:2] + tight[2:]) / 2
+        half = (tight[2:] - tight[:2]) / 2
+        boxes = np.stack([np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
+                          for f in s.propagation_scales]).astype(np.float32)
+        boxes = self._exclude(boxes, k, crop, negatives)
+        points, labels = self._prompt_points(k, crop, positives, negatives)
+        first = self.predictor.decode(embedding, crop.side, boxes, points, labels)
+        reach = ndimage.binary_dilation(previous, iterations=max(2, int(round(3 / self.pixel_mm))))
+        candidates = []
+        for mask in first.masks:
+            labels_2d, _ = ndimage.label(mask)
+            keep = np.unique(labels_2d[reach & mask])
+            component = np.isin(labels_2d, keep[keep > 0])
+            if component.any():
+                candidates.append(component)
+        if not candidates:
+            return None, 0.0
+        own = self._exclude(np.stack([_box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
+        second = self.predictor.decode(embedding, crop.side, own, points, labels)
+        scored = [(float(p) * _iou(c, a), c) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
+        score, best = max(scored, key=lambda item: item[0])
+        return best, score
+
+    def propagate(self, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
+                  progress_span: tuple[float, float] = (0.1, 1.0)) -> SliceMasks:
+        """Follow the lesion from ``start_k`` up and down; return the crop masks per slice."""
+        s = self.settings
+        result = SliceMasks(crop=crop, masks={start_k: start_mask})
+        ref_pixels = crop.extract(self.volume[start_k])[start_mask]
+        ref_mean, ref_std = float(ref_pixels.mean()), float(max(ref_pixels.std(), 4.0))
+        depth = self.volume.shape[0]
+        done = 0
+        estimate = max(8, 2 * int(round(np.sqrt(start_mask.sum()) * self.pixel_mm / 3)))
+        for direction in (1, -1):
+            previous, prev_crop = start_mask, crop
+            largest = start_mask.sum()
+            k = start_k + direction
+            while 0 <= k < depth:
+                done += 1
+                lo, hi = progress_span
+                self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
+                slice_crop = self._follow(crop, previous, prev_crop) if s.adaptive_crop else crop
+                prev_in_crop = _move(previous, prev_crop, slice_crop, self.volume.shape[1:])
+                mask, score = self._step(k, slice_crop, prev_in_crop, positives, negatives)
+                reason = None
+                if mask is None:
+                    reason = "mask vanished"
+                else:
+                    area = int(mask.sum())
+                    mean = float(slice_crop.extract(self.volume[k])[mask].mean())
+                    if area < s.min_area_fraction * largest:
+                        reason = "mask vanished"
+                    elif area > s.max_growth * prev_in_crop.sum():
+                        reason = "mask grew abruptly"
+                    elif score < s.min_score:
+                        reason = "low model confidence"
+                    elif abs(mean - ref_mean) > s.intensity_z * ref_std:
+                        reason = "intensity no longer matches the lesion"
+                if reason:
+                    result.stops.append(f"stopped at slice {k}: {reason}")
+                    break
+                result.masks[k] = mask
+                result.crops[k] = slice_crop
+                result.scores[k] = score
+                largest = max(largest, area)
+                previous, prev_crop = mask, slice_crop
+                k += direction
+        return result
+
+
+def _move(mask: np.ndarray, source: CropWindow, target: CropWindow, shape: tuple[int, int]) -> np.ndarray:
+    """Re-express a crop mask of ``source`` in ``target``'s pixels (clipped to the slice)."""
+    if source == target:
+        return mask
+    full = np.zeros(shape, dtype=bool)
+    source.paste(full, mask)
+    return target.extract(full.astype(np.float32)) > 0.5
+
+
+def assemble(shape_kji: tuple[int, int, int], lesions: list[SliceMasks],
+             negatives: list[tuple[int, int, int]]) -> np.ndarray:
+    """Paste per-slice crop masks into a (K, J, I) uint8 volume; cut out negative-click components."""
+    volume = np.zeros(shape_kji, dtype=np.uint8)
+    rows, cols = shape_kji[1:]
+    for lesion in lesions:
+        for k, crop_mask in lesion.masks.items():
+            slice_mask = np.zeros((rows, cols), dtype=bool)
+            lesion.crop_of(k).paste(slice_mask, crop_mask)
+            volume[k][slice_mask] = 1
+    for k, j, i in negatives:
+        if volume[k, j, i]:
+            volume[k][_component_at(volume[k].astype(bool), (j, i))] = 0
+    return volume

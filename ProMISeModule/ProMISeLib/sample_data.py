@@ -1,0 +1,92 @@
+"""Labelled scans: the cases in the data folder, and a public sample for a fresh machine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .download import CancelCallback, ProgressCallback, RemoteFile, fetch_members
+from .errors import InvalidInputError
+from .settings import cache_dir, data_dir
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled scan."""
+
+    id: str
+    image: Path
+    label: Path
+    label_values: tuple[int, ...] | None  # None: every non-zero value is its own structure
+    modality: str
+    kind: str
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality.upper().startswith("CT")
+
+
+def load_cases(folder: Path | None = None) -> list[Case]:
+    """Cases listed in ``folder/cases.json`` whose image and label files exist."""
+    folder = folder or data_dir()
+    if folder is None or not (folder / "cases.json").is_file():
+        return []
+    cases = []
+    for item in json.loads((folder / "cases.json").read_text()):
+        image, label = folder / item["image"], folder / item["label"]
+        if not (image.is_file() and label.is_file()):
+            continue
+        values = item.get("label_values")
+        cases.append(
+            Case(
+                id=item["id"],
+                image=image,
+                label=label,
+                label_values=tuple(values) if isinstance(values, list) else None,
+                modality=item.get("modality", ""),
+                kind=item.get("kind", ""),
+            )
+        )
+    return cases
+
+
+def get_case(case_id: str, folder: Path | None = None) -> Case:
+    for case in load_cases(folder):
+        if case.id == case_id:
+            return case
+    raise InvalidInputError(f"case {case_id!r} not found in the data folder (set PROMISE_DATA_DIR)")
+
+
+#: brain1 (T1 post-contrast glioma, TCGA via TCIA) as shipped in pyradiomics' source release on PyPI.
+SAMPLE_ARCHIVE = RemoteFile(
+    url=(
+        "https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/"
+        "pyradiomics-3.1.0.tar.gz"
+    ),
+    sha256="24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4",
+    size=34_461_233,
+    filename="pyradiomics-3.1.0.tar.gz",
+)
+SAMPLE_MEMBERS = {
+    "pyradiomics-3.1.0/data/brain1_image.nrrd": "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf",
+    "pyradiomics-3.1.0/data/brain1_label.nrrd": "ae6d8e6b84f7e99d68c210ee2fa6aaaefa0b2df0a84f55efca4feebe2b216059",
+}
+
+
+def download_sample(
+    progress: ProgressCallback | None = None, cancel: CancelCallback | None = None, remote: RemoteFile = SAMPLE_ARCHIVE
+) -> Case:
+    """Fetch the public brain1 sample into the cache (pinned URL and SHA-256s)."""
+    folder = cache_dir() / "samples" / "brain1"
+    members = {m: (sha, folder / Path(m).name) for m, sha in SAMPLE_MEMBERS.items()}
+    image, label = fetch_members(remote, members, progress, cancel)
+    return Case("brain1", image, label, (1,), "MR (T1 post-contrast)", "brain tumour (glioma)")
+
+
+def demo_case(progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Case:
+    """The scan ``promise demo`` uses: brain1 from the data folder, else the downloaded sample."""
+    for case in load_cases():
+        if case.id == "brain1":
+            return case
+    return download_sample(progress, cancel)

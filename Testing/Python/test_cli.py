@@ -1,0 +1,118 @@
+"""The `promise` command line: a real run with a Dice check, and every bad input named in the issue."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import centre_click
+from ProMISeLib.cli import main
+from ProMISeLib.metrics import dice
+
+
+def _lesion_subvolume(case, tmp_path, pad: int = 2):
+    """The scan and label cut to the lesion's slices +-pad (real voxels and geometry, fewer slices)."""
+    image = sitk.ReadImage(str(case.image))
+    label = sitk.ReadImage(str(case.label))
+    ks = np.flatnonzero(sitk.GetArrayFromImage(label).any(axis=(1, 2)))
+    lo, hi = max(int(ks[0]) - pad, 0), min(int(ks[-1]) + pad + 1, image.GetSize()[2])
+    image_path, label_path = tmp_path / "sub.nrrd", tmp_path / "sub_label.nrrd"
+    sitk.WriteImage(image[:, :, lo:hi], str(image_path))
+    sitk.WriteImage(label[:, :, lo:hi], str(label_path))
+    return image_path, sitk.GetArrayFromImage(label[:, :, lo:hi]) > 0, image[:, :, lo:hi]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".seg.nrrd"])
+def test_cli_segments_real_tumour_from_one_click(cases, tmp_path, capsys, suffix):
+    image_path, truth, image = _lesion_subvolume(cases["brain1"], tmp_path)
+    k, j, i = centre_click(truth)
+    lps = image.TransformIndexToPhysicalPoint((i, j, k))
+    out = tmp_path / f"mask{suffix}"
+    code = main(["segment", str(image_path), "--point", ",".join(map(str, lps)), "--device", "cpu",
+                 "--output", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "voxels" in printed and "mL" in printed and "slices" in printed
+    import slicerio
+
+    seg = slicerio.read_segmentation(str(out))
+    mask = seg["voxels"].transpose(2, 1, 0) > 0
+    np.testing.assert_allclose(seg["ijkToLPS"][:3, 3], image.GetOrigin(), atol=1e-4)
+    assert dice(mask, truth) > 0.5
+
+
+def _image(tmp_path, array, name="img.nrrd"):
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+def _assert_refused(tmp_path, capsys, argv, expect):
+    out = tmp_path / "out.nii.gz"
+    code = main([*argv, "--output", str(out)] if "--output" not in argv else argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".promise-")]
+
+
+def test_point_outside_image(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "500,0,0"], "outside the image")
+
+
+def test_two_and_four_dimensional_and_empty_images(tmp_path, capsys):
+    flat = _image(tmp_path, np.zeros((16, 16), np.float32), "flat.nrrd")
+    _assert_refused(tmp_path, capsys, ["segment", str(flat), "--point", "1,1,0"], "2D")
+    four = tmp_path / "four.nrrd"
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image([8, 8, 8], sitk.sitkFloat32)] * 2), str(four))
+    _assert_refused(tmp_path, capsys, ["segment", str(four), "--point", "1,1,1"], "4D")
+    single = _image(tmp_path, np.zeros((1, 16, 16), np.float32), "one_slice.nrrd")
+    _assert_refused(tmp_path, capsys, ["segment", str(single), "--point", "1,1,0"], "2D")
+
+
+def test_nan_voxels(tmp_path, capsys):
+    array = np.zeros((8, 16, 16), np.float32)
+    array[3, 4, 5] = np.nan
+    path = _image(tmp_path, array)
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1"], "NaN")
+
+
+def test_unreadable_file(tmp_path, capsys):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"\x1f\x8b garbage")
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1"], "cannot be read")
+
+
+def test_wrong_checkpoint_hash(tmp_path, capsys):
+    path = _image(tmp_path, np.random.default_rng(0).normal(size=(8, 32, 32)).astype(np.float32))
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"image_encoder.x": torch.zeros(2)}, bogus)
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "4,4,4", "--weights", str(bogus),
+                                       "--device", "cpu"], "not the expected lite_medsam weights")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--device", "cuda"],
+                    "CUDA is not available")
+
+
+def test_output_that_cannot_be_written(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    missing = tmp_path / "no" / "such" / "dir" / "out.nii.gz"
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--output", str(missing)],
+                    "does not exist")
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--output",
+                                       str(tmp_path / "out.png")], "must end in")
+    if os.geteuid() != 0:  # root ignores directory permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--output",
+                                           str(locked / "m.nii.gz")], "not writable")

@@ -1,0 +1,98 @@
+"""The engine API on real scans: one click, refinement from the cache, negatives, cancel, progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import centre_click
+from ProMISeLib.engine import Segmenter, segment
+from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, SegmentationCancelled
+from ProMISeLib.geometry import ImageGeometry
+from ProMISeLib.metrics import dice, hd95
+from ProMISeLib.volume_io import read_image, read_label
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_tumour(cases):
+    case = cases["STS_008_MR_T1"]
+    volume, geometry = read_image(case.image)
+    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    return volume, geometry, truth
+
+
+@pytest.mark.slow
+def test_one_click_then_refinement_reuses_embeddings(segmenter, small_tumour):
+    volume, geometry, truth = small_tumour
+    click = centre_click(truth)
+    events = []
+    first = segmenter.segment(volume, geometry, [click[::-1]], space="ijk", progress=lambda f, m: events.append(f))
+    assert dice(first.mask, truth) > 0.4
+    assert hd95(first.mask > 0, truth, geometry.spacing[::-1]) < 40
+    assert first.mask.shape == volume.shape and first.mask.dtype == np.uint8
+    assert first.encoded_slices >= (first.slice_range[1] - first.slice_range[0] + 1)
+    assert events[-1] == 1.0
+    # Same lesion again, clicked in LPS: every embedding comes from the cache.
+    lps = geometry.index_to_lps(np.array(click[::-1], float))
+    again = segmenter.segment(volume, geometry, [lps], space="lps")
+    assert again.encoded_slices == 0 and again.cached_slices > 0
+    np.testing.assert_array_equal(again.mask, first.mask)
+    # A negative click on a segmented voxel removes that voxel's region on its slice.
+    k, j, i = np.argwhere(first.mask)[len(np.argwhere(first.mask)) // 2]
+    refined = segmenter.segment(volume, geometry, [click[::-1]], negative_points=[(i, j, k)], space="ijk")
+    assert refined.mask[k, j, i] == 0
+    assert refined.encoded_slices <= 2
+
+
+def test_cancel_stops_without_result(segmenter, small_tumour):
+    volume, geometry, truth = small_tumour
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(SegmentationCancelled):
+        segmenter.segment(volume, geometry, [centre_click(truth)[::-1]], space="ijk", cancel=cancel)
+
+
+def test_nothing_to_find_is_said_not_returned_empty(segmenter):
+    volume = np.zeros((6, 64, 64), np.float32)
+    geometry = ImageGeometry((64, 64, 6), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(EmptySegmentationError, match="no structure found"):
+        segmenter.segment(volume, geometry, [(32, 32, 3)], space="ijk")
+
+
+def test_bad_arrays_are_refused_before_model_work():
+    geometry = ImageGeometry((8, 8, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(InvalidInputError, match="does not match"):
+        segment(np.zeros((5, 8, 8), np.float32), geometry, [(1, 1, 1)], space="ijk", device="cpu")
+    with pytest.raises(InvalidInputError, match="at least one"):
+        segment(np.zeros((4, 8, 8), np.float32), geometry, [], space="ijk", device="cpu")
+    with pytest.raises(InvalidInputError, match="4 dimensions"):
+        segment(np.zeros((2, 4, 8, 8), np.float32), geometry, [(1, 1, 1)], space="ijk", device="cpu")
+
+
+def test_result_geometry_follows_an_oblique_input(cases, segmenter):
+    """The mask lands on the input grid whatever its direction matrix (array order kept)."""
+    case = cases["brain1"]
+    image = sitk.ReadImage(str(case.image))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) > 0
+    ks = np.flatnonzero(label.any(axis=(1, 2)))
+    sub = image[:, :, int(ks[0]) : int(ks[0]) + 3]
+    rotated = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    sub.SetDirection(rotated)
+    volume = sitk.GetArrayFromImage(sub).astype(np.float32)
+    geometry = ImageGeometry.from_sitk(sub)
+    truth = label[int(ks[0]) : int(ks[0]) + 3]
+    k, j, i = centre_click(truth)
+    lps = sub.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+    result = segmenter.segment(volume, geometry, [lps], space="lps")
+    assert result.mask.shape == volume.shape
+    assert result.mask[k, j, i] == 1
+    assert dice(result.mask[k], truth[k]) > 0.5

@@ -1,0 +1,86 @@
+"""The documented batch helper: image files + point lists -> .seg.nrrd files (slicer-core)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+pytest.register_assert_rewrite("conftest_slicer")
+pytest_plugins = ["conftest_slicer"]
+
+from conftest_slicer import add_points, dice, fake_factory, load_case_arrays  # noqa: E402
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def test_segment_files_saves_seg_nrrd_on_the_image_grid(slicer_env, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    slicerio = pytest.importorskip("slicerio")
+    from ProMISeLib.sample_data import get_case
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    image, label, source, label_image = load_case_arrays("brain1", with_label_image=True)
+    case = get_case("brain1")
+    kk, jj, ii = np.nonzero(label)
+    click_ijk = (int(np.median(ii)), int(np.median(jj)), int(np.median(kk)))
+    click_lps = np.array(source.TransformIndexToPhysicalPoint(click_ijk))
+
+    # the same click as a Slicer markups file (RAS inside Slicer, LPS in the file)
+    scene = slicer_env.scene
+    markups = add_points([("tumour", LPS @ click_lps)], "saved clicks")
+    storage = slicer_env.slicer.vtkMRMLMarkupsJsonStorageNode()
+    scene.AddNode(storage)
+    points_file = tmp_path / "clicks.mrk.json"
+    storage.SetFileName(str(points_file))
+    assert storage.WriteData(markups)
+    scene.RemoveNode(markups)
+    scene.RemoveNode(storage)
+    nodes_before = scene.GetNumberOfNodes()
+
+    logic = ProMISeModuleLogic(segmenterFactory=fake_factory(label=label_image))
+    progress = []
+    reports = logic.segmentFiles(
+        [
+            {"image": case.image, "points": {"tumour": click_lps}, "space": "lps"},
+            (case.image, points_file),
+            {"image": tmp_path / "missing.nrrd", "points": [[0, 0, 0]]},
+            {"image": case.image, "points": [[0.0, 0.0, 5000.0]], "output": tmp_path / "never.seg.nrrd"},
+        ],
+        outputFolder=tmp_path / "out",
+        progressCallback=lambda f, m: progress.append(f),
+    )
+    assert [r["error"] is None for r in reports] == [True, True, False, False]
+    assert "does not exist" in reports[2]["error"] and "outside the image" in reports[3]["error"]
+    assert reports[0]["output"] == tmp_path / "out" / "brain1_image.seg.nrrd"
+    assert not (tmp_path / "never.seg.nrrd").exists()
+    assert progress and max(progress) <= 1.0
+    assert scene.GetNumberOfNodes() == nodes_before  # every loaded node was removed again
+    assert not logic.canUndo()
+
+    for report in reports[:2]:
+        written = sitk.ReadImage(str(report["output"]))
+        # the same grid as the image, physically (Slicer's reader may order the slices differently)
+        assert written.GetSize() == source.GetSize()
+        np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing(), rtol=1e-6)
+        corners = [tuple(c * (s - 1) for c, s in zip(corner, source.GetSize(), strict=True))
+                   for corner in np.ndindex(2, 2, 2)]
+        written_corners = sorted(np.round(written.TransformIndexToPhysicalPoint(c), 3).tolist() for c in corners)
+        source_corners = sorted(np.round(source.TransformIndexToPhysicalPoint(c), 3).tolist() for c in corners)
+        np.testing.assert_allclose(written_corners, source_corners, atol=1e-3)
+        on_label_grid = sitk.Resample(written, source, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        assert dice(sitk.GetArrayFromImage(on_label_grid), label) > 0.99
+        segmentation = slicerio.read_segmentation(str(report["output"]), skip_voxels=True)
+        assert slicerio.segment_names(segmentation) == ["tumour"]
+        assert report["segments"][0][0] == "tumour" and report["segments"][0][1] > 0
+
+
+def test_segment_files_stop_on_error_raises(slicer_env, tmp_path):
+    from ProMISeLib.errors import ImageReadError
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    logic = ProMISeModuleLogic(segmenterFactory=fake_factory())
+    with pytest.raises(ImageReadError):
+        logic.segmentFiles([(tmp_path / "missing.nii.gz", [[0, 0, 0]])], stopOnError=True)
+    with pytest.raises(Exception, match="each case"):
+        logic.segmentFiles(["just-a-path.nrrd"], stopOnError=True)

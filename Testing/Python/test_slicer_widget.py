@@ -1,0 +1,323 @@
+"""Smoke test of ProMISeModule.py's module and panel code without Qt.
+
+slicer-core has no Qt, so the Qt-side imports (qt, ScriptedLoadableModule, parameterNodeWrapper,
+i18n) are replaced by small stand-ins and the .ui widgets by fakes that hold their state. The MRML
+scene, the nodes and the logic are real; the engine is the stand-in from conftest_slicer. This runs
+every handler of the panel once, so a typo or a wrong call in the widget code fails here rather than
+in front of a user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+pytest.register_assert_rewrite("conftest_slicer")
+pytest_plugins = ["conftest_slicer"]
+
+from conftest_slicer import FakeSegmenter, add_points, add_volume, fake_factory  # noqa: E402
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "ProMISeModule"
+
+
+# --- fakes for the widgets of the .ui file ----------------------------------------------------
+class FakeWidget:
+    def __init__(self, name):
+        self.name, self.enabled, self.visible, self.text, self.toolTip = name, True, True, "", ""
+        self.value, self.checked, self.styleSheet, self._node, self.slots = 0, False, "", None, {}
+
+    def connect(self, signal, slot):
+        self.slots.setdefault(signal, []).append(slot)
+
+    def setStyleSheet(self, sheet):
+        self.styleSheet = sheet
+
+    def setMRMLScene(self, scene):
+        self.scene = scene
+
+    def setCurrentNode(self, node):
+        self._node = node
+
+    def currentNode(self):
+        return self._node
+
+    def setPlaceModeEnabled(self, enabled):
+        self.placeMode = enabled
+
+
+class FakeCombo(FakeWidget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.currentIndex = 0
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def blockSignals(self, block):
+        return False
+
+    def findData(self, data):
+        return next((n for n, (_, d) in enumerate(self.items) if d == data), -1)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
+
+
+class FakeTable(FakeWidget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.rows = {}
+
+    def setRowCount(self, count):
+        self.rows = {k: v for k, v in self.rows.items() if k[0] < count}
+        self.rowCount = count
+
+    def setItem(self, row, column, item):
+        self.rows[(row, column)] = item
+
+    def resizeColumnsToContents(self):
+        pass
+
+    def selectedItems(self):
+        return []
+
+
+class FakeItem:
+    def __init__(self, text):
+        self.text, self.data_ = text, {}
+
+    def setData(self, role, value):
+        self.data_[role] = value
+
+    def data(self, role):
+        return self.data_.get(role)
+
+    def setToolTip(self, tip):
+        self.tip = tip
+
+
+def fake_ui():
+    import xml.etree.ElementTree as ET
+
+    ui = types.SimpleNamespace()
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProMISeModule.ui").getroot()
+    for widget in root.iter("widget"):
+        cls = {"QComboBox": FakeCombo, "QTableWidget": FakeTable}.get(widget.get("class"), FakeWidget)
+        setattr(ui, widget.get("name"), cls(widget.get("name")))
+    return ui
+
+
+# --- stand-ins for Slicer's Qt-side Python modules --------------------------------------------
+class FakeParameterNode:
+    """What @parameterNodeWrapper gives: typed fields plus connectGui (here: no GUI binding)."""
+
+    def __init__(self, fields):
+        self.__dict__.update(fields)
+        self._observers = {}
+
+    def connectGui(self, ui):
+        return "tag"
+
+    def disconnectGui(self, tag):
+        pass
+
+    def AddObserver(self, event, method, priority=0.0):
+        self._observers[len(self._observers)] = method
+        return len(self._observers)
+
+    def RemoveObserver(self, tag):
+        self._observers.pop(tag - 1, None)
+
+
+def parameter_node_wrapper(cls):
+    defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+    return lambda node: FakeParameterNode(dict(defaults))
+
+
+class FakeModuleBase:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class FakeWidgetBase:
+    def __init__(self, parent=None):
+        self.parent = types.SimpleNamespace(isEntered=True)
+        self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+
+    def setup(self):
+        pass
+
+    def resourcePath(self, relative):
+        return str(MODULE_DIR / "Resources" / relative)
+
+
+@pytest.fixture
+def module(slicer_env, monkeypatch):
+    """ProMISeModule.py imported with the Qt-side modules stubbed."""
+    slicer = slicer_env.slicer
+    qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(UserRole=32)
+    qt.QTableWidgetItem = FakeItem
+    qt.QTimer = types.SimpleNamespace(singleShot=lambda msec, fn: fn())
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule, slm.ScriptedLoadableModuleWidget = FakeModuleBase, FakeWidgetBase
+    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = parameter_node_wrapper
+    for name, stub in (("qt", qt), ("slicer.ScriptedLoadableModule", slm), ("slicer.i18n", i18n),
+                       ("slicer.parameterNodeWrapper", wrapper)):
+        monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(ForcePlaceMultipleMarkups=2),
+                        raising=False)
+    ui = fake_ui()
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: types.SimpleNamespace(setMRMLScene=lambda scene: None))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
+    messages = {"status": [], "errors": [], "confirm": []}
+    monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, duration=0: messages["status"].append(text))
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: messages["errors"].append(text))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, **kw: messages["confirm"].append(text) or True)
+    spec = importlib.util.spec_from_file_location("ProMISeModuleUnderTest", MODULE_DIR / "ProMISeModule.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    monkeypatch.setattr(loaded.ProMISeModuleLogic, "getParameterNode", lambda self: None, raising=False)
+    return types.SimpleNamespace(module=loaded, ui=ui, messages=messages, scene=slicer_env.scene)
+
+
+@pytest.fixture
+def widget(module, monkeypatch):
+    panel = module.module.ProMISeModuleWidget()
+    panel.setup()
+    panel.logic.segmenterFactory = fake_factory(radius_mm=4.0)
+    panel._dependenciesReady = True
+    monkeypatch.setattr(panel, "ensureModel", lambda name: True)
+    yield panel
+    panel.cleanup()  # as Slicer does when the module is unloaded: no observers left on the scene
+
+
+def test_module_is_listed_under_segmentation(module):
+    parent = types.SimpleNamespace()
+    module.module.ProMISeModule(parent)
+    assert parent.categories == ["Segmentation"] and parent.title == "ProMISe"
+    assert "getModuleLogic" in parent.helpText
+
+
+def test_panel_lists_models_default_first_and_devices(widget, module):
+    from ProMISeLib.models.registry import DEFAULT_MODEL, list_models
+
+    combo = module.ui.modelComboBox
+    assert combo.items[0][1] == DEFAULT_MODEL and combo.currentData == DEFAULT_MODEL
+    not_installed = [m for m in list_models() if not m.installed and m.downloadable]
+    for model in not_installed:
+        text = next(t for t, d in combo.items if d == model.name)
+        assert "download" in text and f"{model.size_mb:.0f} MB" in text
+    assert module.ui.modelsTable.rowCount == len(list_models())
+    assert [d for _, d in module.ui.deviceComboBox.items] == ["auto", "cpu", "cuda"]
+    module.ui.deviceComboBox.currentIndex = 1
+    widget.onDeviceChanged()
+    assert "CPU" in module.ui.deviceWarningLabel.text
+    # a fresh panel offers a point list to place into
+    assert widget._parameterNode.positivePoints is not None
+
+
+def test_segment_undo_and_auto_update_from_the_panel(widget, module):
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    array = np.zeros((10, 20, 20), np.float32)
+    parameters.inputVolume = add_volume(array, np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    points = parameters.positivePoints
+    points.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
+    ui.positivePointsSelector.setCurrentNode(points)
+    widget.onPointsNodeChanged()
+    widget.updateButtons()
+    assert ui.segmentButton.enabled
+
+    widget.onSegmentButton()
+    assert "lesion" in ui.statusLabel.text and "mL" in ui.statusLabel.text, ui.statusLabel.text
+    assert parameters.outputSegmentation is not None
+    assert ui.undoButton.enabled and not ui.cancelButton.enabled and not ui.progressBar.visible
+    assert module.messages["errors"] == []
+
+    # moving the point with "update automatically" re-runs that point only, into the same segment
+    parameters.autoUpdate = True
+    engine = FakeSegmenter.instances[-1]
+    points.SetNthControlPointPosition(0, vtk.vtkVector3d(7.0, 6.0, 8.0))
+    points.InvokeEvent(points.PointEndInteractionEvent)
+    assert len(engine.calls) == 2 and tuple(engine.calls[-1]["voxels"][0]) == (4, 6, 7)
+    assert parameters.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
+    # an unchanged point does not re-run
+    points.InvokeEvent(points.PointEndInteractionEvent)
+    assert len(engine.calls) == 2
+
+    widget.onUndoButton()
+    assert ui.statusLabel.text.startswith("Undone")
+
+
+def test_errors_and_cancel_are_shown_in_the_status_line(widget, module, monkeypatch):
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.eye(4), "scan")
+    parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(500.0, 6.0, 8.0), "far")
+    widget.onSegmentButton()
+    assert "outside the image" in ui.statusLabel.text and ui.statusLabel.styleSheet
+    assert module.messages["errors"] == []  # an expected error is not a pop-up
+
+    parameters.positivePoints.SetNthControlPointPosition(0, vtk.vtkVector3d(5.0, 6.0, 8.0))
+    # the user clicks Cancel while the run lets Qt process events
+    monkeypatch.setattr(module.module.slicer, "app", types.SimpleNamespace(processEvents=widget.onCancelButton))
+    widget.onSegmentButton()
+    assert ui.statusLabel.text.startswith("Cancelled") and "nothing was changed" in ui.statusLabel.text
+    assert parameters.outputSegmentation is None
+
+
+def test_declined_dependencies_stop_before_segmenting(widget, module, monkeypatch):
+    from ProMISeSlicer import install
+
+    widget._dependenciesReady = False
+
+    def declined(*args, **kwargs):
+        raise RuntimeError("installation of the Python packages was declined")
+
+    monkeypatch.setattr(install, "ensure_dependencies", declined)
+    parameters = widget._parameterNode
+    parameters.inputVolume = add_volume(np.zeros((4, 4, 4), np.float32), np.eye(4), "scan")
+    add_points([("a", (1, 1, 1))])
+    widget.onSegmentButton()
+    assert "declined" in module.ui.statusLabel.text
+    assert widget.logic._segmenter is None
+
+
+def test_model_buttons(widget, module, monkeypatch):
+    removed = []
+    monkeypatch.setattr(widget.logic, "removeDownloadedModels", lambda: removed.append(True) or [Path("/x/a.pth")])
+    widget.onRemoveModelsButton()
+    assert removed and "/x/a.pth" in module.ui.statusLabel.text
+    calls = []
+
+    def download(name, progress, cancel):
+        progress(0.5, f"downloading {name}")
+        calls.append((name, cancel()))
+        return Path("/cache") / name
+
+    monkeypatch.setattr(widget.logic, "downloadModel", download)
+    assert widget.downloadModel("sam_vit_b")
+    assert calls == [("sam_vit_b", False)] and not module.ui.downloadProgressBar.visible
+    assert "Downloaded sam_vit_b" in module.ui.statusLabel.text

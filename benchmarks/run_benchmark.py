@@ -1,0 +1,178 @@
+"""One-click benchmark on the labelled scans: ProMISe (through the CLI) vs region growing vs oracle box.
+
+For every tumour case in the data folder (``PROMISE_DATA_DIR``, default ``../shared/data``) the
+click is the lesion voxel nearest the lesion's centroid (inside the label). Reported per case:
+Dice, HD95 (mm), wall time and peak memory, for
+
+* ``promise``: ``promise segment IMAGE --point X,Y,Z --output ...`` run as a subprocess;
+* ``region growing``: SimpleITK ConfidenceConnected from the same seed (what a Slicer user can do
+  without AI);
+* ``oracle box``: LiteMedSAM on every lesion slice with the ground-truth box (+5 px at 256 px),
+  on the whole slice, the official LiteMedSAM way.
+
+    python benchmarks/run_benchmark.py --out benchmarks/results/cpu.json [--cases brain1,STS_002_CT]
+    python benchmarks/run_benchmark.py --table benchmarks/results/cpu.json   # print the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from ProMISeLib.engine import Segmenter
+from ProMISeLib.metrics import dice, hd95
+from ProMISeLib.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.sample_data import load_cases
+from ProMISeLib.volume_io import read_image, read_label
+from scipy import ndimage
+
+
+def centre_click(mask: np.ndarray) -> tuple[int, int, int]:
+    voxels = np.argwhere(mask)
+    centre = np.asarray(ndimage.center_of_mass(mask))
+    return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+
+
+def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out, report = Path(tmp) / "mask.nii.gz", Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "ProMISeLib.cli", "segment", str(image),
+               "--point", ",".join(f"{v:.4f}" for v in point_lps), "--space", "lps", "--device", device,
+               "--output", str(out), "--report", str(report), *extra]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            return None, {"error": proc.stderr.strip().splitlines()[-1], "wall_s": wall}
+        facts = json.loads(report.read_text())
+        facts["wall_s"] = wall
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out))), facts
+
+
+def region_growing(image: Path, click_kji: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    itk = sitk.Cast(sitk.ReadImage(str(image)), sitk.sitkFloat32)
+    seed = [tuple(int(v) for v in click_kji[::-1])]
+    grown = sitk.ConfidenceConnected(itk, seedList=seed, numberOfIterations=4, multiplier=2.5,
+                                     initialNeighborhoodRadius=2, replaceValue=1)
+    return sitk.GetArrayFromImage(grown).astype(bool), time.perf_counter() - started
+
+
+def oracle_box(segmenter: Segmenter, volume: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float]:
+    """LiteMedSAM on each lesion slice with its true box, whole slice padded to a square (official way)."""
+    started = time.perf_counter()
+    predictor = segmenter.load()
+    normalised, _ = normalize_intensities(volume)
+    rows, cols = volume.shape[1:]
+    crop = CropWindow(0, 0, max(rows, cols))
+    margin = 5 * crop.side / predictor.scaling.size
+    out = np.zeros(volume.shape, dtype=bool)
+    for k in np.flatnonzero(truth.any(axis=(1, 2))):
+        embedding = predictor.embed(normalised, [int(k)], crop)[int(k)]
+        jj, ii = np.nonzero(truth[k])
+        box = np.array([[ii.min() - margin, jj.min() - margin, ii.max() + 1 + margin, jj.max() + 1 + margin]])
+        decoded = predictor.decode(embedding, crop.side, box)
+        slice_mask = np.zeros((rows, cols), dtype=bool)
+        crop.paste(slice_mask, decoded.masks[0])
+        out[k] = slice_mask
+    return out, time.perf_counter() - started
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    cases = [c for c in load_cases() if c.label_values]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        cases = [c for c in cases if c.id in wanted]
+    oracle_model = Segmenter(device=args.device)
+    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                          f"{torch.__version__}, {args.threads} threads, device {args.device}", "cases": []}
+    if args.device != "cpu" and torch.cuda.is_available():
+        results["machine"] += f" ({torch.cuda.get_device_name(0)})"
+    for case in cases:
+        volume, geometry = read_image(case.image)
+        truth = np.isin(read_label(case.label, geometry), case.label_values)
+        spacing_kji = geometry.spacing[::-1]
+        click = centre_click(truth)
+        point = geometry.index_to_lps(np.array(click[::-1], dtype=float))
+        row = {"case": case.id, "lesion_ml": float(truth.sum() * geometry.voxel_volume_ml),
+               "lesion_slices": int(truth.any(axis=(1, 2)).sum()), "click_kji": click}
+        mask, facts = run_cli(case.image, point, args.device, args.extra.split() if args.extra else [])
+        if mask is None:
+            row["promise"] = {"dice": 0.0, "hd95": None, **facts}
+        else:
+            row["promise"] = {"dice": dice(mask, truth), "hd95": hd95(mask > 0, truth, spacing_kji), **facts}
+        grown, seconds = region_growing(case.image, click)
+        row["region_growing"] = {"dice": dice(grown, truth), "hd95": hd95(grown, truth, spacing_kji),
+                                 "wall_s": seconds}
+        if not args.skip_oracle:
+            oracle, seconds = oracle_box(oracle_model, volume, truth)
+            row["oracle_box"] = {"dice": dice(oracle, truth), "hd95": hd95(oracle, truth, spacing_kji),
+                                 "wall_s": seconds}
+        results["cases"].append(row)
+        print(json.dumps({k: (round(v["dice"], 3) if isinstance(v, dict) else v) for k, v in row.items()}),
+              flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+    results["peak_rss_mb_benchmark"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+    return results
+
+
+def _fmt(value, digits=2):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def table(results: dict) -> str:
+    methods = [m for m in ("promise", "region_growing", "oracle_box") if all(m in c for c in results["cases"])]
+    lines = ["| case | lesion mL | slices | " + " | ".join(f"{m} Dice | {m} HD95 mm" for m in methods)
+             + " | promise s | promise MB |", "|" + "---|" * (3 + 2 * len(methods) + 2)]
+    for c in results["cases"]:
+        cells = [c["case"], _fmt(c["lesion_ml"], 1), str(c["lesion_slices"])]
+        for m in methods:
+            cells += [_fmt(c[m]["dice"]), _fmt(c[m].get("hd95"), 1)]
+        cells += [_fmt(c["promise"].get("wall_s"), 1), _fmt(c["promise"].get("peak_rss_mb"), 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = ["", "| method | mean Dice | median Dice | median HD95 mm | median time s |", "|---|---|---|---|---|"]
+    for m in methods:
+        d = [c[m]["dice"] for c in results["cases"]]
+        h = [c[m]["hd95"] for c in results["cases"] if c[m].get("hd95") is not None and np.isfinite(c[m]["hd95"])]
+        t = [c[m]["wall_s"] for c in results["cases"] if c[m].get("wall_s") is not None]
+        summary.append(f"| {m} | {np.mean(d):.3f} | {np.median(d):.3f} | {_fmt(statistics.median(h) if h else None, 1)}"
+                       f" | {_fmt(statistics.median(t) if t else None, 1)} |")
+    return "\n".join(lines + summary)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/cpu.json")
+    parser.add_argument("--cases", default="", help="comma-separated case ids (default: every tumour case)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-oracle", action="store_true")
+    parser.add_argument("--extra", default="", help="extra arguments for `promise segment`")
+    parser.add_argument("--table", default=None, help="print the markdown table of a results JSON and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    print(table(evaluate(args)))
+
+
+if __name__ == "__main__":
+    main()
