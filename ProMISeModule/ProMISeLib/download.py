@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pooch
-
 from .errors import DownloadError, SegmentationCancelled
 
 ProgressCallback = Callable[[float, str], None]
@@ -135,6 +133,8 @@ def _download_verified(
     remote: RemoteFile, workdir: Path, progress: ProgressCallback | None, cancel: CancelCallback | None
 ) -> Path:
     """Download ``remote.url`` into ``workdir`` and check its SHA-256; return the file."""
+    import pooch
+
     label = remote.filename
     bar = _ProgressBridge(label, progress, cancel) if (progress or cancel) else _tqdm_bar(label)
     raw = workdir / "download"

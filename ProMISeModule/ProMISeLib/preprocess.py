@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-Modality = Literal["auto", "ct", "mr"]
+Modality = Literal["auto", "ct", "mr", "none"]
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU)
 
@@ -26,6 +26,8 @@ def detect_modality(volume: np.ndarray) -> str:
 def normalize_intensities(volume: np.ndarray, modality: Modality = "auto") -> tuple[np.ndarray, str]:
     """Window/clip a (K, J, I) volume and scale it to float32 0-255; returns (volume, modality used)."""
     used = detect_modality(volume) if modality == "auto" else modality
+    if used == "none":  # already scaled to 0-255 by the caller
+        return np.clip(volume, 0, 255).astype(np.float32, copy=False), used
     if used == "ct":
         level, width = CT_WINDOW
         low, high = level - width / 2, level + width / 2

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pooch
-
 #: The repository root when the engine runs from a checkout (ProMISeModule/ProMISeLib/..).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,4 +31,6 @@ def cache_dir() -> Path:
     configured = os.environ.get("PROMISE_CACHE_DIR")
     if configured:
         return Path(configured).expanduser()
+    import pooch
+
     return Path(pooch.os_cache("promise"))
