@@ -114,7 +114,8 @@ class Segmenter:
         encoded_before, hits_before = predictor.encoded, self.cache.hits
         normalised, _ = self._normalise(volume, modality)
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
-        propagator = LesionPropagator(predictor, normalised, spacing_ji, self.settings, progress, cancel)
+        propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], self.settings,
+                                      progress, cancel)
         lesions = []
         covered = np.zeros(volume.shape, dtype=bool)
         for index, click in enumerate(positives):
@@ -125,7 +126,8 @@ class Segmenter:
             crop, seed_mask, score = propagator.seed(click, positives, negatives)
             if score < 0.5:
                 propagator.messages.append(f"weak result: the model's confidence at the click is {score:.2f}")
-            lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives)
+            extents = propagator.orthogonal_extents(click) if self.settings.orthogonal != "off" else None
+            lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
             lesions.append(lesion)
             covered |= assemble(volume.shape, [lesion], []).astype(bool)
         mask = assemble(volume.shape, lesions, negatives)

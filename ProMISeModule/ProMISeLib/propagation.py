@@ -48,7 +48,11 @@ class PropagationSettings:
     min_score: float = 0.7  # predicted IoU x self-consistency of the chosen mask
     propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
-    crop_snap: int = 16  # crops snap to this grid so a moved click reuses cached embeddings
+    crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
+    orthogonal: str = "stop"  # coronal/sagittal prior: "off", "stop" (z-extent), "box" (extra box) or "both"
+    orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
+    fill_holes: bool = True  # fill holes of each 2D mask (necrotic cores are part of a lesion)
+    click_radius_mm: float = 3.0  # accept a candidate whose mask passes this close to the click
     adaptive_crop: bool = False  # re-centre and re-size the ROI on every slice around the previous mask
     point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
 
@@ -67,11 +71,22 @@ class SliceMasks:
         return self.crops.get(k, self.crop)
 
 
-def _component_at(mask: np.ndarray, point_ji: tuple[int, int]) -> np.ndarray:
-    """The connected component of ``mask`` holding ``point_ji`` (empty if none)."""
+def _component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, fill: bool = False) -> np.ndarray:
+    """The connected component of ``mask`` at ``point_ji`` (empty if none).
+
+    With ``fill`` holes are filled first (a necrotic core belongs to the lesion); with ``radius``
+    a component within that many pixels of the point counts when none covers it.
+    """
+    if fill:
+        mask = ndimage.binary_fill_holes(mask)
     labels, _ = ndimage.label(mask)
     value = labels[point_ji]
-    return labels == value if value else np.zeros_like(mask)
+    if not value and radius > 0:
+        j, i = point_ji
+        window = labels[max(j - radius, 0) : j + radius + 1, max(i - radius, 0) : i + radius + 1]
+        hits = window[window > 0]
+        value = int(np.bincount(hits).argmax()) if hits.size else 0
+    return labels == value if value else np.zeros_like(mask, dtype=bool)
 
 
 def _box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np.ndarray:
@@ -93,11 +108,13 @@ class LesionPropagator:
     """Runs the seed search and the slice-by-slice propagation for one volume."""
 
     def __init__(self, predictor: SlicePredictor, volume: np.ndarray, spacing_ji: tuple[float, float],
-                 settings: PropagationSettings | None = None, progress: ProgressFn | None = None,
+                 slice_mm: float, settings: PropagationSettings | None = None, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> None:
         self.predictor = predictor
         self.volume = volume  # normalised 0-255, (K, J, I)
         self.pixel_mm = float(np.sqrt(spacing_ji[0] * spacing_ji[1]))
+        self.spacing_ji = spacing_ji
+        self.slice_mm = float(slice_mm)
         self.settings = settings or PropagationSettings()
         self.progress = progress
         self.cancel = cancel
@@ -165,7 +182,7 @@ class LesionPropagator:
         new_side = int(max(s.min_crop_px, round(diameter * s.crop_to_lesion)))
         if new_side < 0.8 * side:
             centre = ((box[1] + box[3]) / 2 + crop.j0, (box[0] + box[2]) / 2 + crop.i0)
-            roi = CropWindow.around(centre, new_side, snap=s.crop_snap)
+            roi = CropWindow.around(centre, new_side)
             offset_box = box + np.array([crop.i0 - roi.i0, crop.j0 - roi.j0] * 2, dtype=np.float32)
             refined, refined_score = self._refine(k, (j, i), roi, offset_box, positives, negatives)
             if refined.any():
@@ -174,32 +191,72 @@ class LesionPropagator:
         return crop, mask, score
 
     def _search(self, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives):
-        s = self.settings
         embedding = self._embedding(k, crop)
-        cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
-        radii = np.array(s.seed_half_sizes_mm) / self.pixel_mm
-        radii = radii[radii < crop.side]
-        boxes = np.stack([[ci - r, cj - r, ci + r + 1, cj + r + 1] for r in radii]).astype(np.float32)
         points, labels = self._prompt_points(k, crop, positives, negatives)
-        boxes = self._exclude(boxes, k, crop, negatives)
-        first = self.predictor.decode(embedding, crop.side, boxes, points, labels)
-        candidates = []
-        for mask in first.masks:
-            component = _component_at(mask, (cj, ci))
-            if component.any():
-                candidates.append(component)
+        return self._best_at_click(embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
+                                   self.pixel_mm, lambda b: self._exclude(b, k, crop, negatives), points, labels)
+
+    def _best_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
+                       exclude=None, points=None, labels=None) -> tuple[np.ndarray, float]:
+        """Box search around a click on one embedded crop: the best self-consistent candidate."""
+        s = self.settings
+        cj, ci = click_rc
+        radii = np.array(s.seed_half_sizes_mm) / pixel_mm
+        radii = radii[radii < side]
+        boxes = np.stack([[ci - r, cj - r, ci + r + 1, cj + r + 1] for r in radii]).astype(np.float32)
+        if exclude is not None:
+            boxes = exclude(boxes)
+        first = self.predictor.decode(embedding, side, boxes, points, labels)
+        radius = int(round(s.click_radius_mm / pixel_mm))
+        candidates = [c for c in (_component_at(m, (cj, ci), radius, s.fill_holes) for m in first.masks) if c.any()]
         if not candidates:
-            return np.zeros((crop.side, crop.side), bool), 0.0
+            return np.zeros((side, side), bool), 0.0
         own_boxes = np.stack([_box_of(c, s.box_margin, s.box_margin_px) for c in candidates])
-        own_boxes = self._exclude(own_boxes, k, crop, negatives)
-        second = self.predictor.decode(embedding, crop.side, own_boxes, points, labels)
-        best, best_score = None, -1.0
+        if exclude is not None:
+            own_boxes = exclude(own_boxes)
+        second = self.predictor.decode(embedding, side, own_boxes, points, labels)
+        best, best_score = candidates[0], -1.0
         for cand, again, iou_pred in zip(candidates, second.masks, second.iou, strict=True):
-            again = _component_at(again, (cj, ci))
-            score = float(iou_pred) * _iou(cand, again)
+            score = float(iou_pred) * _iou(cand, _component_at(again, (cj, ci), radius, s.fill_holes))
             if score > best_score:
                 best, best_score = cand, score
         return best, best_score
+
+    def orthogonal_extents(self, click_kji: tuple[int, int, int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The lesion seen in the coronal and sagittal planes through the click.
+
+        Each plane is resampled to square pixels, searched like the click's slice, and read back
+        per axial slice k as the lesion's column range (coronal) and row range (sagittal) through
+        the click. Returns {k: (rows (j0, j1) or None, cols (i0, i1) or None)} for the slices the
+        lesion reaches in either plane.
+        """
+        k, j, i = click_kji
+        depth = self.volume.shape[0]
+        extents: dict[int, list] = {}
+        for axis, (plane, in_plane_mm, centre) in enumerate(
+            ((self.volume[:, j, :], self.spacing_ji[1], i), (self.volume[:, :, i], self.spacing_ji[0], j))
+        ):
+            zoom = self.slice_mm / in_plane_mm
+            rows = max(2, int(round(depth * zoom)))
+            resampled = ndimage.zoom(plane, (rows / depth, 1.0), order=1)
+            click_r = int(round((k + 0.5) * rows / depth - 0.5))
+            side = int(min(max(resampled.shape), max(self.settings.min_crop_px,
+                                                      round(self.settings.context_mm / in_plane_mm))))
+            crop = CropWindow.around((click_r, centre), side, snap=self.settings.crop_snap)
+            self._check_cancel()
+            embedding = self.predictor.embed(resampled[None], [0], crop)[0]
+            mask, score = self._best_at_click(embedding, crop.side, (click_r - crop.j0, centre - crop.i0),
+                                              in_plane_mm)
+            if score < self.settings.min_seed_score:
+                continue
+            full = np.zeros(resampled.shape, dtype=bool)
+            crop.paste(full, mask)
+            for kk in range(depth):
+                r = int(round((kk + 0.5) * rows / depth - 0.5))
+                hits = np.flatnonzero(full[min(max(r, 0), rows - 1)])
+                if hits.size:
+                    extents.setdefault(kk, [None, None])[1 - axis] = np.array([hits[0], hits[-1] + 1])
+        return {kk: (v[0], v[1]) for kk, v in extents.items()}
 
     def _refine(self, k: int, click_ji, crop: CropWindow, box: np.ndarray, positives, negatives):
         """Decode a known box on a new crop, iterating to the box's fixed point (twice at most)."""
@@ -235,21 +292,33 @@ class LesionPropagator:
         return CropWindow.around((centre_j, centre_i), side, snap=s.crop_snap)
 
     # --- propagation ----------------------------------------------------------------------
-    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives):
+    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
+              extent: tuple | None = None):
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
         s = self.settings
         embedding = self._embedding(k, crop)
         tight = _box_of(previous)
         centre = (tight[:2] + tight[2:]) / 2
         half = (tight[2:] - tight[:2]) / 2
-        boxes = np.stack([np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
-                          for f in s.propagation_scales]).astype(np.float32)
+        boxes = [np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
+                 for f in s.propagation_scales]
+        if extent is not None and s.orthogonal in ("box", "both"):
+            rows, cols = extent
+            box = tight.copy()
+            if cols is not None:
+                box[[0, 2]] = cols - crop.i0
+            if rows is not None:
+                box[[1, 3]] = rows - crop.j0
+            boxes.append(box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
+        boxes = np.stack(boxes).astype(np.float32)
         boxes = self._exclude(boxes, k, crop, negatives)
         points, labels = self._prompt_points(k, crop, positives, negatives)
         first = self.predictor.decode(embedding, crop.side, boxes, points, labels)
         reach = ndimage.binary_dilation(previous, iterations=max(2, int(round(3 / self.pixel_mm))))
         candidates = []
         for mask in first.masks:
+            if s.fill_holes:
+                mask = ndimage.binary_fill_holes(mask)
             labels_2d, _ = ndimage.label(mask)
             keep = np.unique(labels_2d[reach & mask])
             component = np.isin(labels_2d, keep[keep > 0])
@@ -264,7 +333,7 @@ class LesionPropagator:
         return best, score
 
     def propagate(self, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
-                  progress_span: tuple[float, float] = (0.1, 1.0)) -> SliceMasks:
+                  progress_span: tuple[float, float] = (0.1, 1.0), extents: dict | None = None) -> SliceMasks:
         """Follow the lesion from ``start_k`` up and down; return the crop masks per slice."""
         s = self.settings
         result = SliceMasks(crop=crop, masks={start_k: start_mask})
@@ -278,12 +347,19 @@ class LesionPropagator:
             largest = start_mask.sum()
             k = start_k + direction
             while 0 <= k < depth:
+                if extents and s.orthogonal in ("stop", "both"):
+                    reach = [kk for kk in extents if (kk - start_k) * direction >= 0]
+                    limit = max(reach, key=lambda kk: abs(kk - start_k)) if reach else start_k
+                    if (k - limit) * direction > s.orthogonal_tolerance:
+                        result.stops.append(f"stopped at slice {k}: the lesion ends in the coronal/sagittal planes")
+                        break
                 done += 1
                 lo, hi = progress_span
                 self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
                 slice_crop = self._follow(crop, previous, prev_crop) if s.adaptive_crop else crop
                 prev_in_crop = _move(previous, prev_crop, slice_crop, self.volume.shape[1:])
-                mask, score = self._step(k, slice_crop, prev_in_crop, positives, negatives)
+                mask, score = self._step(k, slice_crop, prev_in_crop, positives, negatives,
+                                         extents.get(k) if extents else None)
                 reason = None
                 if mask is None:
                     reason = "mask vanished"
