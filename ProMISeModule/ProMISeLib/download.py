@@ -73,10 +73,11 @@ class _ProgressBridge:
         pass
 
 
-def _tqdm_bar(label: str):
+def _tqdm_bar(label: str, size: int):
     from tqdm.auto import tqdm
 
-    return tqdm(unit="B", unit_scale=True, desc=label, leave=False)
+    # pooch tests the bar's truth value, which tqdm refuses without a total
+    return tqdm(total=max(size, 1), unit="B", unit_scale=True, desc=label, leave=False)
 
 
 def fetch(
@@ -136,7 +137,7 @@ def _download_verified(
     import pooch
 
     label = remote.filename
-    bar = _ProgressBridge(label, progress, cancel) if (progress or cancel) else _tqdm_bar(label)
+    bar = _ProgressBridge(label, progress, cancel) if (progress or cancel) else _tqdm_bar(label, remote.size)
     raw = workdir / "download"
     try:
         pooch.HTTPDownloader(progressbar=bar, timeout=60)(remote.url, str(raw), None)

@@ -1,19 +1,24 @@
 """From clicks to a 3D mask with a frozen 2D box-prompted model.
 
-The model was trained on boxes, so a click is turned into a box first:
+The model was trained on boxes, so a click is turned into boxes:
 
 1. **Seed search** on the click's slice: square boxes of several physical sizes centred on
-   the click are decoded in one batch. Each candidate mask (its component holding the click)
-   is re-prompted with its own bounding box; a mask that the model reproduces from its own box
-   is a fixed point. Candidates are scored by the model's predicted IoU times that agreement.
+   the click are decoded in one batch. Each candidate mask (its component at the click, holes
+   filled) is re-prompted with its own bounding box; a mask that the model reproduces from its
+   own box is a fixed point. Candidates are scored by the model's predicted IoU times that
+   agreement.
 2. **ROI crop**: the crop is re-centred on the chosen lesion and sized to a few lesion
    diameters, so the lesion is large in the model's 256 px input; the seed is redone there.
-3. **Propagation** slice by slice, both ways: each slice gets the previous slice's mask box
-   (plus a margin). It stops where the lesion ends: the mask vanishes, leaves the previous
-   mask's footprint, grows abruptly, or its intensities stop matching the lesion's.
+3. **Orthogonal planes**: the same search on the coronal and sagittal planes through the click
+   (resampled to square pixels) tells how far the lesion reaches along the slice axis.
+4. **Propagation** slice by slice, both ways: boxes of several sizes around the previous
+   slice's mask are decoded and scored like the seed. It stops where the lesion ends: past
+   the extent seen in the orthogonal planes, or where the mask vanishes, grows abruptly, loses
+   the model's confidence, or its intensities stop matching the lesion's.
 
-Positive clicks on other slices add point prompts there (or start another seed when the mask
-does not reach them); negative clicks add negative points and cut their component out.
+Positive clicks that the mask does not reach seed another lesion; negative clicks move the
+nearest side of their slice's boxes past them and cut their component out. Clicks become point
+prompts only for point-trained models.
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ class LesionPropagator:
         neg = self._points_in_crop(negatives, k, crop)
         if not pos and not neg:
             return None, None
-        pts = np.array(pos + neg, dtype=np.float32) + 0.0
+        pts = np.array(pos + neg, dtype=np.float32)
         labels = np.array([1] * len(pos) + [0] * len(neg))
         return pts, labels
 
@@ -270,7 +275,8 @@ class LesionPropagator:
         for _ in range(2):
             margin_box = self._exclude(margin_box, k, crop, negatives)[0]
             out = self.predictor.decode(embedding, crop.side, margin_box[None], points, labels)
-            component = _component_at(out.masks[0], (cj, ci))
+            component = _component_at(out.masks[0], (cj, ci), int(round(s.click_radius_mm / self.pixel_mm)),
+                                      s.fill_holes)
             if not component.any():
                 break
             mask, score = component, float(out.iou[0])

@@ -10,6 +10,7 @@ Use it from a test module with ``pytest_plugins = ["conftest_slicer"]``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,6 +55,15 @@ def slicer_env():
     slicer = pytest.importorskip("slicer", reason=SKIP_REASON)
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip(SKIP_REASON)
+    with slicer_environment() as env:
+        yield env
+
+
+@contextlib.contextmanager
+def slicer_environment():
+    """The set-up behind ``slicer_env``, usable outside pytest (benchmarks)."""
+    import slicer
+
     _register_converter_rules(slicer)
     scene = slicer.vtkMRMLScene()
     app = slicer.vtkSlicerApplicationLogic()
@@ -175,9 +185,9 @@ def segment_id_by_name(segmentationNode, name) -> str:
 
 
 def dice(a, b) -> float:
-    a, b = np.asarray(a) != 0, np.asarray(b) != 0
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+    from ProMISeLib.metrics import dice as engine_dice
+
+    return engine_dice(np.asarray(a) != 0, np.asarray(b) != 0)
 
 
 def scene_state(scene) -> dict:

@@ -45,6 +45,14 @@ def test_fetch_checks_hash_and_caches(server, tmp_path):
     assert fetch(remote, out).read_bytes() == payload
 
 
+def test_fetch_with_terminal_progress_bar(server, tmp_path):
+    root, url = server
+    payload = b"abc" * 100_000
+    (root / "bar.bin").write_bytes(payload)
+    remote = RemoteFile(f"{url}/bar.bin", _sha(payload), len(payload), "bar.bin")
+    assert fetch(remote, tmp_path / "c" / "bar.bin").read_bytes() == payload  # tqdm path, no callback
+
+
 def test_fetch_refuses_wrong_hash_and_leaves_nothing(server, tmp_path):
     root, url = server
     (root / "w.bin").write_bytes(b"tampered")
