@@ -99,15 +99,13 @@ def main() -> None:
     crops = rng.uniform(0, 255, size=(32, 256, 256)).astype(np.float32)
     batches = {}
     for batch in ((1, 4, 8) if device.type == "cpu" else (1, 8, 16, 32)):
-        x = predictor.scaling.to_input(crops[:batch]).to(device)
-        with torch.inference_mode():
-            predictor.model.image_encoder(x)  # warm-up
-            batches[batch] = timed(lambda x=x: predictor.model.image_encoder(x), device, 3) / batch * 1000
+        x = predictor.scaling.to_input(crops[:batch])
+        predictor.backend.encode(x)  # warm-up
+        batches[batch] = timed(lambda x=x: predictor.backend.encode(x), device, 3) / batch * 1000
     report["encoder_ms_per_slice"] = batches
     best = min(batches.values())
     report["encoder_fraction_of_ceiling"] = ENCODER_GFLOP / (best / 1000) / report["matmul_gflops"]
-    with torch.inference_mode():
-        emb = predictor.model.image_encoder(predictor.scaling.to_input(crops[:1]).to(device))
+    emb = predictor.backend.encode(predictor.scaling.to_input(crops[:1]))
     box = np.array([[60, 60, 140, 150]], np.float32)
     predictor.decode(emb, 256, box)
     report["decoder_ms_per_prompt"] = timed(lambda: predictor.decode(emb, 256, box), device, 10) * 1000

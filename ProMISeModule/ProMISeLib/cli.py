@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models and whether their weights are installed")
 
+    export = sub.add_parser("export", help="export a model's encoder and box decoder to ONNX with a manifest")
+    export.add_argument("--model", default="litemedsam")
+    export.add_argument("--weights", default=None)
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--output", required=True, help="directory for encoder.onnx, decoder.onnx, manifest.json")
+
     weights = sub.add_parser("weights", help="download or remove model weights")
     wsub = weights.add_subparsers(dest="action", required=True)
     download = wsub.add_parser("download", help="download a model's weights (pinned URL, SHA-256 checked)")
@@ -63,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="model name (see `promise models`)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="PyTorch, or ONNX Runtime (exported into the cache on first use)")
+    parser.add_argument("--onnx-dir", default=None, help="an export directory from `promise export`")
     parser.add_argument("--weights", default=None, help="path to the model's weights file (else the registry's)")
 
 
@@ -93,7 +102,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     geometry.to_voxel_kji(np.asarray(args.point), args.space)
     if args.negative:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
-    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights)
+    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
+                          onnx_dir=args.onnx_dir)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
@@ -145,7 +155,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     print("click (LPS mm): " + ",".join(f"{v:.1f}" for v in point_lps))
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights)
+    segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
+                          onnx_dir=args.onnx_dir)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)
@@ -193,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(args)
         if args.command == "models":
             return _run_models()
+        if args.command == "export":
+            from .onnx_backend import export_onnx
+
+            print(f"wrote {export_onnx(args.model, args.output, args.weights, args.opset)}")
+            return 0
         if args.command == "weights":
             return _run_weights(args)
         raise InvalidInputError(f"unknown command {args.command}")

@@ -49,9 +49,15 @@ class Segmenter:
     """A loaded model plus its embedding cache; call :meth:`segment` as often as needed."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
-                 cache_mb: float = 1024.0, settings: PropagationSettings | None = None) -> None:
+                 cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "torch",
+                 onnx_dir: str | None = None) -> None:
         self.spec = get_model_spec(model)
+        if runtime not in ("torch", "onnx"):
+            raise InvalidInputError(f"unknown runtime {runtime!r}; use torch or onnx")
+        self.runtime = runtime
+        self.onnx_dir = onnx_dir
         self.device = resolve_device(device)
+        self.messages: list[str] = []
         self.weights_path = weights
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts)
         self.cache = EmbeddingCache(cache_mb)
@@ -65,11 +71,25 @@ class Segmenter:
     def load(self) -> SlicePredictor:
         """Load the weights (hash-checked) and build the model, once."""
         if self._predictor is None:
-            path = resolve_weights(self.spec.weights, self.weights_path)
-            model = self.spec.build(path).to(self.device)
+            if self.runtime == "onnx":
+                model = self._onnx_backend()
+            else:
+                model = self.spec.build(resolve_weights(self.spec.weights, self.weights_path)).to(self.device)
             batch = 16 if self.device.type == "cuda" else 4
             self._predictor = SlicePredictor(model, self.spec.name, self.spec.scaling, self.device, self.cache, batch)
         return self._predictor
+
+    def _onnx_backend(self):
+        """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
+        from .onnx_backend import MANIFEST, OnnxBackend, export_onnx
+        from .settings import cache_dir
+
+        directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
+        if self.onnx_dir is None and not (directory / MANIFEST).is_file():
+            export_onnx(self.spec.name, directory, self.weights_path)
+        backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name)
+        self.messages.extend(backend.messages)
+        return backend
 
     def _normalise(self, volume: np.ndarray, modality: Modality) -> tuple[np.ndarray, str]:
         """Normalised volume, reused while the very same array object is segmented again.
@@ -133,7 +153,7 @@ class Segmenter:
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
             raise EmptySegmentationError("the result is empty (negative clicks removed everything)")
-        messages = list(propagator.messages)
+        messages = self.messages + list(propagator.messages)
         for lesion in lesions:
             messages.extend(lesion.stops)
             for k, m in lesion.masks.items():
@@ -148,7 +168,8 @@ class Segmenter:
             progress(1.0, "done")
         return SegmentationResult(
             mask=mask, geometry=geometry, bbox_kji=bounding_box(mask), elapsed_s=time.perf_counter() - started,
-            method="heuristic box prompts", model=self.spec.name, device=str(self.device), messages=messages,
+            method="heuristic box prompts", model=self.spec.name, device=f"{self.device} ({self.runtime})",
+            messages=messages,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,
         )
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .backends import TorchBackend
 from .preprocess import CropWindow, InputScaling
 
 
@@ -79,11 +79,16 @@ class Decoded:
 
 
 class SlicePredictor:
-    """Encode and decode square crops of a normalised (0-255) volume with one frozen model."""
+    """Encode and decode square crops of a normalised (0-255) volume with one frozen model.
 
-    def __init__(self, model: nn.Module, model_name: str, scaling: InputScaling, device: torch.device,
+    ``model`` is a PyTorch module (wrapped in a :class:`TorchBackend`) or any backend with
+    ``encode``/``decode`` (e.g. :class:`ProMISeLib.onnx_backend.OnnxBackend`).
+    """
+
+    def __init__(self, model, model_name: str, scaling: InputScaling, device: torch.device,
                  cache: EmbeddingCache | None = None, batch_size: int = 4) -> None:
-        self.model = model
+        self.backend = model if hasattr(model, "encode") and hasattr(model, "decode") else TorchBackend(model, device)
+        self.model = getattr(self.backend, "model", None)
         self.model_name = model_name
         self.scaling = scaling
         self.device = device
@@ -93,7 +98,7 @@ class SlicePredictor:
 
     def _key(self, crop_pixels: np.ndarray) -> tuple:
         digest = hashlib.blake2b(np.ascontiguousarray(crop_pixels).tobytes(), digest_size=16).hexdigest()
-        return (self.model_name, crop_pixels.shape, digest)
+        return (self.model_name, self.backend.runtime, crop_pixels.shape, digest)
 
     @torch.inference_mode()
     def embed(self, volume: np.ndarray, slices: Sequence[int], crop: CropWindow) -> dict[int, torch.Tensor]:
@@ -110,8 +115,7 @@ class SlicePredictor:
                 result[k] = cached
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
-            images = self.scaling.to_input(np.stack([crops[k] for k in batch])).to(self.device)
-            features = self.model.image_encoder(images)
+            features = self.backend.encode(self.scaling.to_input(np.stack([crops[k] for k in batch])))
             self.encoded += len(batch)
             for index, k in enumerate(batch):
                 embedding = features[index : index + 1].contiguous()
@@ -127,19 +131,9 @@ class SlicePredictor:
         ``points`` is (P, 2) as (x, y) crop pixels with ``labels`` (P,) 1 positive / 0 negative.
         """
         scale = self.scaling.size / side
-        box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32) * scale, device=self.device).reshape(-1, 4)
-        n = box_t.shape[0]
-        point_prompt = None
-        if points is not None and len(points):
-            coords = torch.as_tensor(np.asarray(points, dtype=np.float32) * scale, device=self.device)
-            lab = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
-            point_prompt = (coords[None].expand(n, -1, -1), lab[None].expand(n, -1))
-        encoder = self.model.prompt_encoder
-        sparse, dense = encoder(points=point_prompt, boxes=box_t, masks=None)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=embedding, image_pe=encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=False,
-        )
+        scaled_points = None if points is None else np.asarray(points, dtype=np.float32) * scale
+        low_res, iou = self.backend.decode(embedding, np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale,
+                                           scaled_points, labels)
         size = self.scaling.size
         logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         if side != size:

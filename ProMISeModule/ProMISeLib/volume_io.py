@@ -98,6 +98,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: could not be written ({exc.strerror or exc})") from exc
@@ -106,6 +107,12 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def mask_to_sitk(mask_kji: np.ndarray, geometry: ImageGeometry) -> sitk.Image:

@@ -1,0 +1,50 @@
+"""Inference backends: the same encode/decode calls on PyTorch or ONNX Runtime.
+
+The predictor talks only to a backend:
+
+* ``encode(images)``: (B, 3, S, S) float32 model input -> (B, C, h, w) image embeddings;
+* ``decode(embedding, boxes, points, labels)``: one image's embedding and N box prompts in
+  model-input pixels -> (N, 1, H, W) mask logits and (N, 1) predicted IoU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TorchBackend:
+    """A frozen PyTorch model with SAM's ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``."""
+
+    runtime = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False) -> None:
+        self.model = model
+        self.device = device
+        self.half = half and device.type == "cuda"
+        if self.half:
+            self.model.image_encoder.half()
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        if self.half:
+            return self.model.image_encoder(images.half()).float()
+        return self.model.image_encoder(images)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, boxes: np.ndarray, points: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        box_t = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        n = box_t.shape[0]
+        point_prompt = None
+        if points is not None and len(points):
+            coords = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+            lab = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+            point_prompt = (coords[None].expand(n, -1, -1), lab[None].expand(n, -1))
+        encoder = self.model.prompt_encoder
+        sparse, dense = encoder(points=point_prompt, boxes=box_t, masks=None)
+        return self.model.mask_decoder(
+            image_embeddings=embedding.to(self.device), image_pe=encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+        )

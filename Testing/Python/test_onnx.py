@@ -1,0 +1,108 @@
+"""ONNX export and runtime: agreement with PyTorch on real scans, and refusal of bad exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import centre_click
+from ProMISeLib.engine import Segmenter
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.volume_io import read_image, read_label
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from ProMISeLib.onnx_backend import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx("litemedsam", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def brain(cases):
+    case = cases["brain1"]
+    volume, geometry = read_image(case.image)
+    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    return volume, geometry, truth
+
+
+def test_manifest_records_hashes_and_preprocessing(export_dir):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert manifest["model"] == "litemedsam" and manifest["input_size"] == 256 and manifest["opset"] == 17
+    assert set(manifest["files"]) == {"encoder", "decoder"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+
+
+def test_logits_agree_with_pytorch_on_real_slices(export_dir, brain):
+    from ProMISeLib.onnx_backend import OnnxBackend
+
+    volume, _, truth = brain
+    torch_seg = Segmenter(device="cpu")
+    torch_pred = torch_seg.load()
+    onnx_backend = OnnxBackend(export_dir, device="cpu", expected_model="litemedsam")
+    normalised, _ = normalize_intensities(volume)
+    k, j, i = centre_click(truth)
+    crop = CropWindow.around((j, i), 120)
+    images = torch_pred.scaling.to_input(np.stack([crop.extract(normalised[k]), crop.extract(normalised[k - 1])]))
+    ref = torch_pred.backend.encode(images)
+    got = onnx_backend.encode(images)  # batch of 2: the dynamic batch axis works
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) < 1e-3
+    boxes = np.array([[40, 40, 200, 210], [90, 80, 160, 170], [10, 20, 120, 100]], np.float32)
+    ref_logits, ref_iou = torch_pred.backend.decode(ref[:1], boxes)
+    logits, iou = onnx_backend.decode(ref[:1], boxes)  # three prompts: the dynamic prompt axis works
+    assert float((logits - ref_logits).abs().max()) < 1e-3
+    assert float((iou - ref_iou).abs().max()) < 1e-3
+
+
+@pytest.mark.slow
+def test_onnx_runtime_gives_the_same_mask_as_pytorch(export_dir, brain):
+    volume, geometry, truth = brain
+    click = centre_click(truth)[::-1]
+    ref = Segmenter(device="cpu").segment(volume, geometry, [click], space="ijk")
+    got = Segmenter(device="cpu", runtime="onnx", onnx_dir=str(export_dir)).segment(volume, geometry, [click],
+                                                                                  space="ijk")
+    assert "onnx" in got.device
+    np.testing.assert_array_equal(got.mask, ref.mask)
+
+
+def test_corrupt_or_mismatched_exports_are_refused(export_dir, tmp_path):
+    from ProMISeLib.onnx_backend import OnnxBackend
+
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    data = bytearray((broken / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        OnnxBackend(broken)
+    with pytest.raises(CheckpointError, match="exported for 'litemedsam'"):
+        OnnxBackend(export_dir, expected_model="sam_vit_b")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(export_dir, swapped)
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    files = manifest["files"]
+    files["encoder"], files["decoder"] = files["decoder"], files["encoder"]
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="unexpected ONNX inputs"):
+        OnnxBackend(swapped)
+    (swapped / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest"):
+        OnnxBackend(swapped)
+
+
+def test_export_command(tmp_path, capsys):
+    from ProMISeLib.cli import main
+
+    assert main(["export", "--model", "litemedsam", "--output", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "manifest.json").is_file()
+    assert main(["export", "--model", "sam_vit_b", "--output", str(tmp_path / "sam")]) == 2
+    assert "box-prompted models only" in capsys.readouterr().err
