@@ -31,6 +31,7 @@ from slicer.util import VTKObservationMixin
 __all__ = ["ProMISeModule", "ProMISeModuleLogic", "ProMISeModuleTest", "ProMISeModuleWidget"]
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+RUNTIMES = (("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
 
 
 class ProMISeModule(ScriptedLoadableModule):
@@ -66,11 +67,12 @@ class ProMISeModuleParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
     device: str = "auto"
+    runtime: str = "torch"
     autoUpdate: bool = False
 
 
 class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, model/device, Segment/Cancel/Undo, progress, status and the model list."""
+    """The panel: inputs, model/device/runtime, Segment/Cancel/Undo, progress, status and the model list."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -98,6 +100,8 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         for device, text in DEVICES:
             self.ui.deviceComboBox.addItem(text, device)
+        for runtime, text in RUNTIMES:
+            self.ui.runtimeComboBox.addItem(text, runtime)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -106,6 +110,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.negativePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPointsNodeChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.runtimeComboBox.connect("currentIndexChanged(int)", self.onRuntimeChanged)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
@@ -164,6 +169,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self._selectComboData(self.ui.modelComboBox, self._parameterNode.model)
             self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+            self._selectComboData(self.ui.runtimeComboBox, self._parameterNode.runtime)
         self.onPointsNodeChanged()
         self.updateButtons()
 
@@ -186,6 +192,9 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def currentDevice(self) -> str:
         return self.ui.deviceComboBox.currentData or "auto"
+
+    def currentRuntime(self) -> str:
+        return self.ui.runtimeComboBox.currentData or "torch"
 
     def updateButtons(self, caller=None, event=None) -> None:
         running = self.logic is not None and self.logic.busy
@@ -260,6 +269,10 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                            else _("No CUDA GPU found: choose Auto or CPU."))
         self.ui.deviceWarningLabel.text = warning
 
+    def onRuntimeChanged(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.runtime = self.currentRuntime()
+
     # --- dependencies ---------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
         """Offer to install torch and the packages on first use; True when everything is there."""
@@ -331,7 +344,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             run = self.logic.segment(
                 node.inputVolume, node.positivePoints, node.outputSegmentation, node.negativePoints,
-                model=self.currentModel(), device=self.currentDevice(),
+                model=self.currentModel(), device=self.currentDevice(), runtime=self.currentRuntime(),
                 progressCallback=self.onProgress, pointIndices=pointIndices,
             )
         except SegmentationCancelled:

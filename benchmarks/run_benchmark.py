@@ -49,7 +49,7 @@ def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -
     with tempfile.TemporaryDirectory() as tmp:
         out, report = Path(tmp) / "mask.nii.gz", Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "ProMISeLib.cli", "segment", str(image),
-               "--point", ",".join(f"{v:.4f}" for v in point_lps), "--space", "lps", "--device", device,
+               "--point=" + ",".join(f"{v:.4f}" for v in point_lps), "--space", "lps", "--device", device,
                "--output", str(out), "--report", str(report), *extra]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

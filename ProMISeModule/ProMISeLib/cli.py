@@ -195,8 +195,27 @@ def _run_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--point -12.5,3,4`` -> ``--point=-12.5,3,4``: argparse reads a leading '-' as an option."""
+    out: list[str] = []
+    tokens = list(argv)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        following = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token in ("--point", "--negative") and following[:1] == "-" and (following[1:2].isdigit()
+                                                                             or following[1:2] == "."):
+            out.append(f"{token}={following}")
+            index += 2
+            continue
+        out.append(token)
+        index += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_attach_negative_values(argv))
     try:
         if args.command == "segment":
             return _run_segment(args)

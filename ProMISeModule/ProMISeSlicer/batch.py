@@ -120,6 +120,7 @@ def segment_files(
     progressCallback: Callable[[float, str], None] | None = None,
     stopOnError: bool = False,
     scene=None,
+    runtime: str = "torch",
 ) -> list[dict]:
     """Segment each case and save ``<output folder>/<image name>.seg.nrrd``.
 
@@ -128,11 +129,16 @@ def segment_files(
     markups file (``.mrk.json`` or ``.fcsv``), an N x 3 array of world coordinates (mm, RAS unless
     ``space`` says "lps") or a ``{label: xyz or [xyz, ...]}`` mapping. Points sharing a label make one
     segment named after it. Without ``outputFolder`` each file is saved beside its image.
+    ``model``, ``device`` and ``runtime`` ("torch" or "onnx") are passed to ``logic.segment``; one
+    engine serves every case.
 
     Every node a case loads is removed from the scene afterwards. Returns one dict per case:
     ``image``, ``output`` (Path or None), ``segments`` ([(label, mL)]), ``summary``, ``error``
     (None, or the message; with ``stopOnError`` the error is raised instead).
     """
+    from .logic import checkRuntime
+
+    checkRuntime(runtime)  # a bad runtime is refused once, not reported for every case
     scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
     if scene is None:
         raise InvalidInputError("no MRML scene: run inside Slicer or pass scene=")
@@ -162,7 +168,7 @@ def segment_files(
                     progressCallback((n + fraction) / len(cases), f"{stem} ({n + 1}/{len(cases)}): {message}")
 
             run = logic.segment(volume, positives, None, negatives, model=model, device=device,
-                                progressCallback=progress)
+                                progressCallback=progress, runtime=runtime)
             added.append(run.segmentationNode)
             save_segmentation(scene, run.segmentationNode, output, added)
             report.update(output=output, summary=run.summary(),

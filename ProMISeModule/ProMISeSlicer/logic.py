@@ -9,6 +9,7 @@ Console use::
     logic = slicer.util.getModuleLogic("ProMISeModule")
     run = logic.segment(volumeNode, pointsNode)          # one segment per fiducial label
     print(run.summary())
+    run = logic.segment(volumeNode, pointsNode, runtime="onnx")  # the same with ONNX Runtime
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ PALETTE = (
 #: Attribute on a segmentation node that ProMISe created: the ID of its volume.
 ATTR_VOLUME = "ProMISe.VolumeNodeID"
 
+#: Inference runtimes the engine offers (``ProMISeLib.engine.Segmenter(runtime=...)``).
+RUNTIMES = ("torch", "onnx")
+
 
 @dataclass
 class SegmentedObject:
@@ -77,6 +81,7 @@ class SegmentRun:
     elapsed_s: float = 0.0
     model: str = ""
     device: str = ""
+    runtime: str = ""
 
     @property
     def messages(self) -> list[str]:
@@ -93,6 +98,13 @@ class SegmentRun:
         return text
 
 
+def checkRuntime(runtime: str) -> str:
+    """``runtime`` if the engine offers it ("torch" or "onnx"), else InvalidInputError."""
+    if runtime not in RUNTIMES:
+        raise InvalidInputError(f"unknown runtime {runtime!r}; use {' or '.join(RUNTIMES)}")
+    return runtime
+
+
 def default_model() -> str:
     from ProMISeLib.models.registry import DEFAULT_MODEL
 
@@ -100,7 +112,7 @@ def default_model() -> str:
 
 
 class ProMISeModuleLogic(_LogicBase):
-    """Segments from fiducials, with an undo stack and one cached engine per (model, device).
+    """Segments from fiducials, with an undo stack and one cached engine per (model, device, runtime).
 
     The engine (and its embedding cache) is kept between calls, so re-running after moving a
     fiducial on the same volume reuses the image embeddings. Nothing is imported from torch or
@@ -110,26 +122,31 @@ class ProMISeModuleLogic(_LogicBase):
     def __init__(self, segmenterFactory: Callable | None = None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
-        #: ``factory(model=..., device=...)`` returning an object with the engine's ``segment``
-        #: method; ``None`` means ``ProMISeLib.engine.Segmenter``.
+        #: ``factory(model=..., device=..., runtime=...)`` returning an object with the engine's
+        #: ``segment`` method; ``None`` means ``ProMISeLib.engine.Segmenter``.
         self.segmenterFactory = segmenterFactory
         self.undoStack = UndoStack()
         self._segmenter = None
-        self._segmenterKey: tuple[str, str] | None = None
+        self._segmenterKey: tuple[str, str, str] | None = None
         self._cancelRequested = False
         self._busy = False
         self._lastArray: tuple | None = None
 
     # --- engine -------------------------------------------------------------------------------
-    def getSegmenter(self, model: str | None = None, device: str = "auto"):
-        """The cached engine for (model, device), made on first use."""
+    def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "torch"):
+        """The cached engine for (model, device, runtime), made on first use.
+
+        One engine is kept: asking for another model, device or runtime replaces it (and its caches).
+        """
         model = model or default_model()
-        key = (model, device)
+        runtime = checkRuntime(runtime)
+        key = (model, device, runtime)
         if self._segmenter is None or self._segmenterKey != key:
             factory = self.segmenterFactory
             if factory is None:
                 from ProMISeLib.engine import Segmenter as factory
-            self._segmenter = factory(model=model, device=device)
+            self._segmenter = None  # drop the previous engine and its caches before making the next
+            self._segmenter = factory(model=model, device=device, runtime=runtime)
             self._segmenterKey = key
         return self._segmenter
 
@@ -190,6 +207,7 @@ class ProMISeModuleLogic(_LogicBase):
         progressCallback: ProgressCallback | None = None,
         pointIndices: Sequence[int] | None = None,
         cancelCallback: Callable[[], bool] | None = None,
+        runtime: str = "torch",
     ) -> SegmentRun:
         """Segment the object under each positive fiducial of ``pointsNode`` in ``volumeNode``.
 
@@ -205,24 +223,31 @@ class ProMISeModuleLogic(_LogicBase):
         - Every object is computed before anything is written: an error or a cancel
           (:meth:`requestCancel`, or ``cancelCallback()`` returning True) leaves the scene unchanged.
         - ``progressCallback(fraction, message)`` is called while the model runs.
+        - ``model`` is a name from :meth:`models` (None: the default model); ``device`` is "auto"
+          (CUDA when available), "cpu" or "cuda".
+        - ``runtime`` is "torch" (PyTorch, the default) or "onnx" (ONNX Runtime: the model is exported
+          to ONNX into the cache on first use, box-prompted models such as LiteMedSAM only; it runs on
+          CUDA when ONNX Runtime can, else on the CPU, and then says so in the result's messages).
+          The logic keeps one engine per (model, device, runtime) and reuses it while they stay the same.
 
         Returns a :class:`SegmentRun`; raises a ``ProMISeLib.errors.ProMISeError`` subclass with a
         message fit for the user on bad input, an empty result or a cancel. One call is one undo step.
         """
         if self._busy:
             raise InvalidInputError("a segmentation is already running; wait for it or cancel it")
+        runtime = checkRuntime(runtime)
         self._busy = True
         self._cancelRequested = False
         try:
             return self._segment(
                 volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                progressCallback, pointIndices, cancelCallback,
+                progressCallback, pointIndices, cancelCallback, runtime,
             )
         finally:
             self._busy = False
 
     def _segment(self, volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                 progressCallback, pointIndices, cancelCallback) -> SegmentRun:
+                 progressCallback, pointIndices, cancelCallback, runtime) -> SegmentRun:
         started = time.perf_counter()
         # 1. check everything before any work or any change to the scene
         array, geometry = self._volumeArray(volumeNode)
@@ -250,7 +275,7 @@ class ProMISeModuleLogic(_LogicBase):
 
         # 2. run the engine for every object; nothing is written yet
         model = model or default_model()
-        segmenter = self.getSegmenter(model, device)
+        segmenter = self.getSegmenter(model, device, runtime)
         negative_ras = np.array([p.ras for p in negatives]) if negatives else None
 
         def cancelled() -> bool:
@@ -283,6 +308,7 @@ class ProMISeModuleLogic(_LogicBase):
         run = self._write(volumeNode, pointsNode, segmentationNode, results, model)
         run.elapsed_s = time.perf_counter() - started
         run.model = model
+        run.runtime = runtime
         run.device = str(getattr(results[-1][2], "device", device)) if results else device
         if progressCallback is not None:
             progressCallback(1.0, run.summary())
@@ -375,14 +401,17 @@ class ProMISeModuleLogic(_LogicBase):
         progressCallback: ProgressCallback | None = None,
         stopOnError: bool = False,
         scene=None,
+        runtime: str = "torch",
     ) -> list[dict]:
         """Segment image files with their point lists and save one ``.seg.nrrd`` per image.
 
-        See :func:`ProMISeSlicer.batch.segment_files` for the case format.
+        See :func:`ProMISeSlicer.batch.segment_files` for the case format; ``model``, ``device`` and
+        ``runtime`` ("torch" or "onnx") are as for :meth:`segment`.
         """
         from .batch import segment_files
 
-        return segment_files(self, cases, outputFolder, model, device, progressCallback, stopOnError, scene)
+        return segment_files(self, cases, outputFolder, model, device, progressCallback, stopOnError, scene,
+                             runtime=runtime)
 
     # --- models -------------------------------------------------------------------------------
     @staticmethod

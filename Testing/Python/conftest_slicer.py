@@ -222,12 +222,14 @@ class FakeSegmenter:
     It maps the prompt points with the engine's geometry (so a wrong point handed over by the logic
     lands on a wrong voxel) and returns either a ball of ``radius_mm`` around the first point or,
     with ``label=``, the labelled structure under the point (an oracle, to check the write-back).
+    It records the ``runtime`` it was made for, as the engine does.
     """
 
     instances: list = []
 
-    def __init__(self, model="fake", device="cpu", radius_mm=8.0, label=None, empty=False, fail_on_call=None):
-        self.model, self.device = model, device
+    def __init__(self, model="fake", device="cpu", runtime="torch", radius_mm=8.0, label=None, empty=False,
+                 fail_on_call=None):
+        self.model, self.device, self.runtime = model, device, runtime
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
         self.calls = []
         FakeSegmenter.instances.append(self)
@@ -277,8 +279,12 @@ def resample_like(image, geometry) -> np.ndarray:
 
 
 def fake_factory(**options):
-    """A ``segmenterFactory`` for the logic that makes :class:`FakeSegmenter` objects."""
-    return lambda model, device: FakeSegmenter(model=model, device=device, **options)
+    """A ``segmenterFactory`` for the logic that makes :class:`FakeSegmenter` objects.
+
+    Like ``ProMISeLib.engine.Segmenter`` it takes ``runtime`` (required here, so a logic that forgets
+    to pass it fails).
+    """
+    return lambda model, device, runtime: FakeSegmenter(model=model, device=device, runtime=runtime, **options)
 
 
 # --- data -------------------------------------------------------------------------------------

@@ -64,6 +64,10 @@ def _assert_refused(tmp_path, capsys, argv, expect):
 def test_point_outside_image(tmp_path, capsys):
     path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
     _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "500,0,0"], "outside the image")
+    # a negative first coordinate is a point, not an option
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "-500.5,0,0"], "outside the image")
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--negative", "-.5,-900,0"],
+                    "outside the image")
 
 
 def test_two_and_four_dimensional_and_empty_images(tmp_path, capsys):

@@ -9,7 +9,14 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.register_assert_rewrite("conftest_slicer")
 pytest_plugins = ["conftest_slicer"]
 
-from conftest_slicer import add_points, dice, fake_factory, load_case_arrays  # noqa: E402
+from conftest_slicer import (  # noqa: E402
+    FakeSegmenter,
+    add_points,
+    add_volume,
+    dice,
+    fake_factory,
+    load_case_arrays,
+)
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -84,3 +91,42 @@ def test_segment_files_stop_on_error_raises(slicer_env, tmp_path):
         logic.segmentFiles([(tmp_path / "missing.nii.gz", [[0, 0, 0]])], stopOnError=True)
     with pytest.raises(Exception, match="each case"):
         logic.segmentFiles(["just-a-path.nrrd"], stopOnError=True)
+
+
+def test_segment_files_passes_the_runtime_to_one_engine(slicer_env, tmp_path):
+    from ProMISeLib.errors import InvalidInputError
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    # a small image file written by Slicer's own storage node
+    scene = slicer_env.scene
+    volume = add_volume(np.zeros((8, 12, 10), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "small")
+    storage = slicer_env.slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    image = tmp_path / "small.nrrd"
+    storage.SetFileName(str(image))
+    assert storage.WriteData(volume)
+    scene.RemoveNode(volume)
+    scene.RemoveNode(storage)
+
+    logic = ProMISeModuleLogic(segmenterFactory=fake_factory(radius_mm=2.0))
+    count = len(FakeSegmenter.instances)
+    reports = logic.segmentFiles([(image, {"a": [4.0, 5.0, 6.0]}), (image, {"b": [5.0, 6.0, 8.0]})],
+                                 outputFolder=tmp_path / "out", model="fake-model", device="cpu", runtime="onnx")
+    assert [r["error"] for r in reports] == [None, None]
+    assert all(r["output"].is_file() for r in reports)
+    made = FakeSegmenter.instances[count:]
+    assert len(made) == 1  # one engine for every case
+    assert (made[0].model, made[0].device, made[0].runtime) == ("fake-model", "cpu", "onnx")
+    assert len(made[0].calls) == 2
+
+    # the default stays PyTorch
+    logic.segmentFiles([(image, {"c": [4.0, 5.0, 6.0]})], outputFolder=tmp_path / "out", model="fake-model",
+                       device="cpu")
+    assert FakeSegmenter.instances[-1].runtime == "torch" and FakeSegmenter.instances[-1] is not made[0]
+
+    # an unknown runtime is refused once, before any case is loaded
+    nodes_before = scene.GetNumberOfNodes()
+    count = len(FakeSegmenter.instances)
+    with pytest.raises(InvalidInputError, match="unknown runtime"):
+        logic.segmentFiles([(image, {"d": [4.0, 5.0, 6.0]})], runtime="trt")
+    assert scene.GetNumberOfNodes() == nodes_before and len(FakeSegmenter.instances) == count

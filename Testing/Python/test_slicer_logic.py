@@ -279,6 +279,66 @@ def test_logic_reuses_one_engine_and_loops_over_volumes(slicer_env):
     assert "lesion2" in runs[-1].summary() and "mL" in runs[-1].summary()
 
 
+def test_runtime_reaches_the_engine_and_each_runtime_gets_its_own_engine(slicer_env):
+    logic = make_logic()
+    volume = small_volume()
+    points = add_points([("lesion", ras_of_voxel(volume, (6, 9, 7)))])
+
+    default = logic.segment(volume, points, model="fake-model", device="cpu")
+    torch_engine = FakeSegmenter.instances[-1]
+    assert torch_engine.runtime == "torch" and default.runtime == "torch"  # the default runtime
+    assert len(torch_engine.calls) == 1
+
+    run = logic.segment(volume, points, model="fake-model", device="cpu", runtime="onnx")
+    onnx_engine = FakeSegmenter.instances[-1]
+    assert onnx_engine is not torch_engine  # another runtime: another engine
+    assert (onnx_engine.model, onnx_engine.device, onnx_engine.runtime) == ("fake-model", "cpu", "onnx")
+    assert len(onnx_engine.calls) == 1 and len(torch_engine.calls) == 1  # the run went to the ONNX engine
+    assert run.runtime == "onnx" and run.objects[0].label == "lesion"
+    assert logic.getSegmenter("fake-model", "cpu", "onnx") is onnx_engine
+
+    # the same (model, device, runtime) again reuses the engine (and its embedding cache)
+    count = len(FakeSegmenter.instances)
+    logic.segment(volume, points, model="fake-model", device="cpu", runtime="onnx")
+    assert len(FakeSegmenter.instances) == count and len(onnx_engine.calls) == 2
+
+    # back to PyTorch: a PyTorch engine again, not the ONNX one
+    logic.segment(volume, points, model="fake-model", device="cpu", runtime="torch")
+    assert FakeSegmenter.instances[-1].runtime == "torch"
+    assert FakeSegmenter.instances[-1] is not onnx_engine and len(onnx_engine.calls) == 2
+    # the device is still part of the key
+    assert logic.getSegmenter("fake-model", "cuda", "torch").device == "cuda"
+
+
+def test_unknown_runtime_is_refused_before_any_work(slicer_env):
+    logic = make_logic()
+    volume = small_volume()
+    points = add_points([("lesion", ras_of_voxel(volume, (6, 9, 7)))])
+    count = len(FakeSegmenter.instances)
+    before = scene_state(slicer_env.scene)
+    with pytest.raises(InvalidInputError, match="unknown runtime 'tensorrt'; use torch or onnx"):
+        logic.segment(volume, points, runtime="tensorrt")
+    assert scene_state(slicer_env.scene) == before
+    assert len(FakeSegmenter.instances) == count and not logic.busy and not logic.canUndo()
+    with pytest.raises(InvalidInputError, match="unknown runtime"):
+        logic.getSegmenter("fake-model", "cpu", "ONNX")
+
+
+def test_default_factory_hands_the_runtime_to_the_real_segmenter(slicer_env):
+    pytest.importorskip("torch")
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.models.registry import DEFAULT_MODEL
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    logic = ProMISeModuleLogic()  # the engine itself; constructing it loads no weights
+    onnx = logic.getSegmenter(None, "cpu", "onnx")
+    assert isinstance(onnx, Segmenter) and onnx.runtime == "onnx" and onnx.model_name == DEFAULT_MODEL
+    assert onnx.device.type == "cpu"
+    assert logic.getSegmenter(None, "cpu", "onnx") is onnx
+    torch_engine = logic.getSegmenter(None, "cpu")
+    assert isinstance(torch_engine, Segmenter) and torch_engine.runtime == "torch" and torch_engine is not onnx
+
+
 # --- (4) bad input: clear error, scene unchanged ----------------------------------------------
 def _assert_unchanged(slicer_env, action, error, match):
     before = scene_state(slicer_env.scene)

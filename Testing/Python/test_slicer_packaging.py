@@ -194,7 +194,10 @@ def test_ui_offers_what_the_issue_asks_for():
     assert classes["inputVolumeSelector"] == "qMRMLNodeComboBox"
     assert classes["positivePlaceWidget"] == classes["negativePlaceWidget"] == "qSlicerMarkupsPlaceWidget"
     assert classes["outputSegmentationSelector"] == "qMRMLNodeComboBox"
-    assert classes["modelComboBox"] == classes["deviceComboBox"] == "QComboBox"
+    assert classes["modelComboBox"] == classes["deviceComboBox"] == classes["runtimeComboBox"] == "QComboBox"
+    runtime_tip = next(p.findtext("string") for p in widgets["runtimeComboBox"].findall("property")
+                       if p.get("name") == "toolTip")
+    assert "ONNX Runtime" in runtime_tip and "PyTorch" in runtime_tip
     assert classes["progressBar"] == "QProgressBar" and classes["statusLabel"] == "QLabel"
     assert classes["autoUpdateCheckBox"] == "QCheckBox" and classes["removeModelsButton"] == "QPushButton"
     # widgets bound to the parameter node name real fields of ProMISeModuleParameterNode

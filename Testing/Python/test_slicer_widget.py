@@ -270,6 +270,34 @@ def test_segment_undo_and_auto_update_from_the_panel(widget, module):
     assert ui.statusLabel.text.startswith("Undone")
 
 
+def test_runtime_chooser_reaches_the_engine_and_is_saved(widget, module):
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    assert ui.runtimeComboBox.items == [("PyTorch", "torch"), ("ONNX Runtime", "onnx")]
+    assert ui.runtimeComboBox.currentData == "torch" and parameters.runtime == "torch"
+    assert ui.runtimeComboBox.slots["currentIndexChanged(int)"] == [widget.onRuntimeChanged]
+
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
+    widget.onSegmentButton()
+    torch_engine = FakeSegmenter.instances[-1]
+    assert torch_engine.runtime == "torch" and len(torch_engine.calls) == 1
+
+    ui.runtimeComboBox.currentIndex = 1  # the user picks ONNX Runtime
+    widget.onRuntimeChanged()
+    assert parameters.runtime == "onnx"  # saved with the scene
+    widget.onSegmentButton()
+    onnx_engine = FakeSegmenter.instances[-1]
+    assert onnx_engine is not torch_engine and onnx_engine.runtime == "onnx" and len(onnx_engine.calls) == 1
+    assert module.messages["errors"] == [] and "lesion" in ui.statusLabel.text
+
+    # a saved choice is shown again when the parameter node is set
+    ui.runtimeComboBox.currentIndex = 0
+    widget.setParameterNode(parameters)
+    assert ui.runtimeComboBox.currentData == "onnx"
+
+
 def test_errors_and_cancel_are_shown_in_the_status_line(widget, module, monkeypatch):
     import vtk
 
