@@ -119,9 +119,21 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM, unlike ru_maxrss, excludes a parent's before exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _write_report(path: str, result) -> None:
     import json
-    import resource
 
     from .volume_io import atomic_write
 
@@ -129,7 +141,7 @@ def _write_report(path: str, result) -> None:
         "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
         "engine_seconds": result.elapsed_s, "encoded_slices": result.encoded_slices, "model": result.model,
         "device": result.device, "method": result.method, "messages": result.messages,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": _peak_rss_mb(),
     }
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(facts, indent=1)))
 
