@@ -140,7 +140,7 @@ def _write_report(path: str, result) -> None:
     facts = {
         "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
         "engine_seconds": result.elapsed_s, "encoded_slices": result.encoded_slices, "model": result.model,
-        "device": result.device, "method": result.method, "messages": result.messages,
+        "device": result.device, "runtime": result.runtime, "method": result.method, "messages": result.messages,
         "peak_rss_mb": _peak_rss_mb(),
     }
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(facts, indent=1)))

@@ -168,8 +168,8 @@ class Segmenter:
             progress(1.0, "done")
         return SegmentationResult(
             mask=mask, geometry=geometry, bbox_kji=bounding_box(mask), elapsed_s=time.perf_counter() - started,
-            method="heuristic box prompts", model=self.spec.name, device=f"{self.device} ({self.runtime})",
-            messages=messages,
+            method="heuristic box prompts", model=self.spec.name, device=str(self.device), messages=messages,
+            runtime=self.runtime,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,
         )
 

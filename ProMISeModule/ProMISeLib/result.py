@@ -28,6 +28,7 @@ class SegmentationResult:
     messages: list[str] = field(default_factory=list)
     encoded_slices: int = 0
     cached_slices: int = 0
+    runtime: str = "torch"
 
     @property
     def voxel_count(self) -> int:
@@ -50,7 +51,7 @@ class SegmentationResult:
         covered = f"slices {slices[0]}-{slices[1]} ({slices[1] - slices[0] + 1})" if slices else "no slices"
         return (
             f"{self.voxel_count} voxels, {self.volume_ml:.2f} mL, {covered}, "
-            f"{self.elapsed_s:.1f} s [{self.model}, {self.method}, {self.device}]"
+            f"{self.elapsed_s:.1f} s [{self.model}, {self.method}, {self.device}, {self.runtime}]"
         )
 
 
