@@ -85,14 +85,17 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--onnx-dir", default=None)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     parser.add_argument("--out", default="benchmarks/results/speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    segmenter = Segmenter(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir)
+    segmenter = Segmenter(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir,
+                          precision=args.precision)
     predictor = segmenter.load()
     device = segmenter.device
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["speed.py", *sys.argv[1:]]),
-              "device": str(device), "runtime": args.runtime, "torch": torch.__version__, "threads": args.threads,
+              "device": str(device), "runtime": args.runtime, "precision": args.precision,
+              "torch": torch.__version__, "threads": args.threads,
               "cases": []}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)

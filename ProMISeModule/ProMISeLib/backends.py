@@ -16,14 +16,13 @@ import torch
 class TorchBackend:
     """A frozen PyTorch model with SAM's ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``."""
 
-    runtime = "torch"
-
     def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False) -> None:
         self.model = model
         self.device = device
-        self.half = half and device.type == "cuda"
+        self.half = half
+        self.runtime = "torch-fp16" if half else "torch"
         if self.half:
-            self.model.image_encoder.half()
+            self.model.image_encoder.half()  # the encoder in fp16; prompts and decoder stay fp32
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

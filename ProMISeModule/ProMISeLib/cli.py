@@ -72,6 +72,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="PyTorch, or ONNX Runtime (exported into the cache on first use)")
     parser.add_argument("--onnx-dir", default=None, help="an export directory from `promise export`")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="fp16 runs the encoder in half precision (CUDA, torch runtime)")
     parser.add_argument("--weights", default=None, help="path to the model's weights file (else the registry's)")
 
 
@@ -103,7 +105,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.negative:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
-                          onnx_dir=args.onnx_dir)
+                          onnx_dir=args.onnx_dir, precision=args.precision)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
@@ -168,7 +170,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
-                          onnx_dir=args.onnx_dir)
+                          onnx_dir=args.onnx_dir, precision=args.precision)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)

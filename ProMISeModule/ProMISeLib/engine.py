@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .backends import TorchBackend
 from .errors import DeviceUnavailableError, EmptySegmentationError, InvalidInputError
 from .geometry import ImageGeometry, Space
 from .models.registry import DEFAULT_MODEL, get_model_spec
@@ -50,13 +51,18 @@ class Segmenter:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
                  cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "torch",
-                 onnx_dir: str | None = None) -> None:
+                 onnx_dir: str | None = None, precision: str = "fp32") -> None:
         self.spec = get_model_spec(model)
         if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"unknown runtime {runtime!r}; use torch or onnx")
+        if precision not in ("fp32", "fp16"):
+            raise InvalidInputError(f"unknown precision {precision!r}; use fp32 or fp16")
+        self.precision = precision
         self.runtime = runtime
         self.onnx_dir = onnx_dir
         self.device = resolve_device(device)
+        if precision == "fp16" and (self.device.type != "cuda" or runtime != "torch"):
+            raise InvalidInputError("fp16 runs on CUDA with the torch runtime only")
         self.messages: list[str] = []
         self.weights_path = weights
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts)
@@ -74,7 +80,8 @@ class Segmenter:
             if self.runtime == "onnx":
                 model = self._onnx_backend()
             else:
-                model = self.spec.build(resolve_weights(self.spec.weights, self.weights_path)).to(self.device)
+                module = self.spec.build(resolve_weights(self.spec.weights, self.weights_path)).to(self.device)
+                model = TorchBackend(module, self.device, half=self.precision == "fp16")
             batch = 16 if self.device.type == "cuda" else 4
             self._predictor = SlicePredictor(model, self.spec.name, self.spec.scaling, self.device, self.cache, batch)
         return self._predictor
@@ -169,7 +176,7 @@ class Segmenter:
         return SegmentationResult(
             mask=mask, geometry=geometry, bbox_kji=bounding_box(mask), elapsed_s=time.perf_counter() - started,
             method="heuristic box prompts", model=self.spec.name, device=str(self.device), messages=messages,
-            runtime=self.runtime,
+            runtime=self._predictor.backend.runtime,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,
         )
 

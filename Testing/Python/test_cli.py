@@ -108,6 +108,12 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
                     "CUDA is not available")
 
 
+def test_half_precision_needs_cuda(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--device", "cpu",
+                                       "--precision", "fp16"], "fp16 runs on CUDA")
+
+
 def test_output_that_cannot_be_written(tmp_path, capsys):
     path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
     missing = tmp_path / "no" / "such" / "dir" / "out.nii.gz"
