@@ -153,7 +153,7 @@ class Segmenter:
             crop, seed_mask, score = propagator.seed(click, positives, negatives)
             if score < 0.5:
                 propagator.messages.append(f"weak result: the model's confidence at the click is {score:.2f}")
-            extents = propagator.orthogonal_extents(click) if self.settings.orthogonal != "off" else None
+            extents = propagator.orthogonal_extents(click) if self.settings.orthogonal_stop else None
             lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
             lesions.append(lesion)
             covered |= assemble(volume.shape, [lesion], []).astype(bool)
@@ -164,7 +164,7 @@ class Segmenter:
         for lesion in lesions:
             messages.extend(lesion.stops)
             for k, m in lesion.masks.items():
-                edge = lesion.crop_of(k)
+                edge = lesion.crop
                 if m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any():
                     rows, cols = volume.shape[1:]
                     inside = edge.j0 > 0 or edge.i0 > 0 or edge.j0 + edge.side < rows or edge.i0 + edge.side < cols

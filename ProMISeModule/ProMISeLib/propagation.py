@@ -54,11 +54,10 @@ class PropagationSettings:
     propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
-    orthogonal: str = "stop"  # coronal/sagittal prior: "off", "stop" (z-extent), "box" (extra box) or "both"
+    orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
     fill_holes: bool = True  # fill holes of each 2D mask (necrotic cores are part of a lesion)
     click_radius_mm: float = 3.0  # accept a candidate whose mask passes this close to the click
-    adaptive_crop: bool = False  # re-centre and re-size the ROI on every slice around the previous mask
     point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
 
 
@@ -68,12 +67,7 @@ class SliceMasks:
 
     crop: CropWindow
     masks: dict[int, np.ndarray] = field(default_factory=dict)
-    scores: dict[int, float] = field(default_factory=dict)
     stops: list[str] = field(default_factory=list)
-    crops: dict[int, CropWindow] = field(default_factory=dict)  # per-slice crops (adaptive ROI)
-
-    def crop_of(self, k: int) -> CropWindow:
-        return self.crops.get(k, self.crop)
 
 
 def _component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, fill: bool = False) -> np.ndarray:
@@ -283,23 +277,8 @@ class LesionPropagator:
             margin_box = _box_of(mask, s.box_margin, s.box_margin_px)
         return mask, score
 
-    def _follow(self, crop: CropWindow, previous: np.ndarray, prev_crop: CropWindow) -> CropWindow:
-        """An ROI for the next slice centred on the previous mask, a few lesion diameters wide.
-
-        Side and centre are snapped to a coarse grid so that repeated runs reuse cached embeddings.
-        """
-        s = self.settings
-        box = _box_of(previous)
-        diameter = max(box[2] - box[0], box[3] - box[1])
-        side = int(max(s.min_crop_px, np.ceil(diameter * s.crop_to_lesion / 16) * 16))
-        side = min(side, max(crop.side, s.min_crop_px))
-        centre_j = (box[1] + box[3]) / 2 + prev_crop.j0
-        centre_i = (box[0] + box[2]) / 2 + prev_crop.i0
-        return CropWindow.around((centre_j, centre_i), side, snap=s.crop_snap)
-
     # --- propagation ----------------------------------------------------------------------
-    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
-              extent: tuple | None = None):
+    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives):
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
         s = self.settings
         embedding = self._embedding(k, crop)
@@ -308,14 +287,6 @@ class LesionPropagator:
         half = (tight[2:] - tight[:2]) / 2
         boxes = [np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
                  for f in s.propagation_scales]
-        if extent is not None and s.orthogonal in ("box", "both"):
-            rows, cols = extent
-            box = tight.copy()
-            if cols is not None:
-                box[[0, 2]] = cols - crop.i0
-            if rows is not None:
-                box[[1, 3]] = rows - crop.j0
-            boxes.append(box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
         boxes = np.stack(boxes).astype(np.float32)
         boxes = self._exclude(boxes, k, crop, negatives)
         points, labels = self._prompt_points(k, crop, positives, negatives)
@@ -349,11 +320,11 @@ class LesionPropagator:
         done = 0
         estimate = max(8, 2 * int(round(np.sqrt(start_mask.sum()) * self.pixel_mm / 3)))
         for direction in (1, -1):
-            previous, prev_crop = start_mask, crop
+            previous = start_mask
             largest = start_mask.sum()
             k = start_k + direction
             while 0 <= k < depth:
-                if extents and s.orthogonal in ("stop", "both"):
+                if extents:
                     reach = [kk for kk in extents if (kk - start_k) * direction >= 0]
                     limit = max(reach, key=lambda kk: abs(kk - start_k)) if reach else start_k
                     if (k - limit) * direction > s.orthogonal_tolerance:
@@ -362,19 +333,16 @@ class LesionPropagator:
                 done += 1
                 lo, hi = progress_span
                 self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
-                slice_crop = self._follow(crop, previous, prev_crop) if s.adaptive_crop else crop
-                prev_in_crop = _move(previous, prev_crop, slice_crop, self.volume.shape[1:])
-                mask, score = self._step(k, slice_crop, prev_in_crop, positives, negatives,
-                                         extents.get(k) if extents else None)
+                mask, score = self._step(k, crop, previous, positives, negatives)
                 reason = None
                 if mask is None:
                     reason = "mask vanished"
                 else:
                     area = int(mask.sum())
-                    mean = float(slice_crop.extract(self.volume[k])[mask].mean())
+                    mean = float(crop.extract(self.volume[k])[mask].mean())
                     if area < s.min_area_fraction * largest:
                         reason = "mask vanished"
-                    elif area > s.max_growth * prev_in_crop.sum():
+                    elif area > s.max_growth * previous.sum():
                         reason = "mask grew abruptly"
                     elif score < s.min_score:
                         reason = "low model confidence"
@@ -384,21 +352,10 @@ class LesionPropagator:
                     result.stops.append(f"stopped at slice {k}: {reason}")
                     break
                 result.masks[k] = mask
-                result.crops[k] = slice_crop
-                result.scores[k] = score
                 largest = max(largest, area)
-                previous, prev_crop = mask, slice_crop
+                previous = mask
                 k += direction
         return result
-
-
-def _move(mask: np.ndarray, source: CropWindow, target: CropWindow, shape: tuple[int, int]) -> np.ndarray:
-    """Re-express a crop mask of ``source`` in ``target``'s pixels (clipped to the slice)."""
-    if source == target:
-        return mask
-    full = np.zeros(shape, dtype=bool)
-    source.paste(full, mask)
-    return target.extract(full.astype(np.float32)) > 0.5
 
 
 def assemble(shape_kji: tuple[int, int, int], lesions: list[SliceMasks],
@@ -409,7 +366,7 @@ def assemble(shape_kji: tuple[int, int, int], lesions: list[SliceMasks],
     for lesion in lesions:
         for k, crop_mask in lesion.masks.items():
             slice_mask = np.zeros((rows, cols), dtype=bool)
-            lesion.crop_of(k).paste(slice_mask, crop_mask)
+            lesion.crop.paste(slice_mask, crop_mask)
             volume[k][slice_mask] = 1
     for k, j, i in negatives:
         if volume[k, j, i]:
