@@ -34,15 +34,8 @@ import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.sample_data import load_cases
+from ProMISeLib.sample_data import lesion_click, load_cases
 from ProMISeLib.volume_io import read_image, read_label
-from scipy import ndimage
-
-
-def centre_click(mask: np.ndarray) -> tuple[int, int, int]:
-    voxels = np.argwhere(mask)
-    centre = np.asarray(ndimage.center_of_mass(mask))
-    return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
 def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:
@@ -106,7 +99,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         volume, geometry = read_image(case.image)
         truth = np.isin(read_label(case.label, geometry), case.label_values)
         spacing_kji = geometry.spacing[::-1]
-        click = centre_click(truth)
+        click = lesion_click(truth)
         point = geometry.index_to_lps(np.array(click[::-1], dtype=float))
         row = {"case": case.id, "lesion_ml": float(truth.sum() * geometry.voxel_volume_ml),
                "lesion_slices": int(truth.any(axis=(1, 2)).sum()), "click_kji": click}

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "Testing" / "Python"))
 sys.path.insert(0, str(REPO / "ProMISeModule"))
 
 from conftest_slicer import slicer_environment  # noqa: E402
-from ProMISeLib.sample_data import get_case  # noqa: E402
+from ProMISeLib.sample_data import get_case, lesion_click  # noqa: E402
 from ProMISeLib.volume_io import read_image, read_label  # noqa: E402
 
 
@@ -48,9 +47,7 @@ def main() -> None:
             volume, geometry = read_image(case.image)
             truth = np.isin(read_label(case.label, geometry), case.label_values)
             node = slicer.util.addVolumeFromArray(volume, ijkToRAS=geometry.ijk_to_ras_matrix(), name=cid)
-            voxels = np.argwhere(truth)
-            centre = np.asarray(ndimage.center_of_mass(truth))
-            k, j, i = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+            k, j, i = lesion_click(truth)
             ras = geometry.ijk_to_ras_matrix() @ np.array([i, j, k, 1.0])
             points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{cid} clicks")
             points.AddControlPoint(*ras[:3], "tumour")

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ProMISeModule"))
 
 from ProMISeLib.engine import Segmenter  # noqa: E402
 from ProMISeLib.geometry import ImageGeometry  # noqa: E402
+from ProMISeLib.sample_data import lesion_click  # noqa: E402
 
 ENCODER_GFLOP = 74.9  # LiteMedSAM TinyViT per 256x256 slice (shared/research/litemedsam.md)
 
@@ -118,9 +118,7 @@ def main() -> None:
     report["decoder_ms_per_prompt_batch8"] = timed(lambda: predictor.decode(emb, 256, np.repeat(box, 8, 0)),
                                                    device, 5) * 1000 / 8
     for cid, volume, geometry, truth, modality in load_cases(args):
-        voxels = np.argwhere(truth)
-        centre = np.asarray(ndimage.center_of_mass(truth))
-        click = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+        click = np.array(lesion_click(truth))
         segmenter.cache.clear()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

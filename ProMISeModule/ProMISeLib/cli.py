@@ -149,22 +149,17 @@ def _write_report(path: str, result) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from scipy import ndimage
-
     from .engine import Segmenter
     from .metrics import dice
     from .overlay import write_overlay
-    from .sample_data import demo_case
+    from .sample_data import demo_case, lesion_click
     from .volume_io import read_image, read_label, write_mask
 
     case = demo_case()
     print(f"demo case {case.id}: {case.image}")
     volume, geometry = read_image(case.image)
     truth = np.isin(read_label(case.label, geometry), case.label_values or (1,))
-    # The click a user would place: the lesion voxel nearest the lesion's centroid.
-    voxels = np.argwhere(truth)
-    centre = np.asarray(ndimage.center_of_mass(truth))
-    click = tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+    click = lesion_click(truth)  # where a user would click: the lesion voxel nearest its centroid
     point_lps = geometry.index_to_lps(np.array(click[::-1], dtype=float))
     print("click (LPS mm): " + ",".join(f"{v:.1f}" for v in point_lps))
     out_dir = Path(args.output_dir)

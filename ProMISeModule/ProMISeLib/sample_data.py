@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .download import CancelCallback, ProgressCallback, RemoteFile, fetch_members
 from .errors import InvalidInputError
 from .settings import cache_dir, data_dir
@@ -25,6 +27,15 @@ class Case:
     @property
     def is_ct(self) -> bool:
         return self.modality.upper().startswith("CT")
+
+
+def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:
+    """The voxel (k, j, i) of ``mask`` nearest its centroid: where a user clicks (demo, tests, benchmarks)."""
+    from scipy import ndimage
+
+    voxels = np.argwhere(mask)
+    centre = np.asarray(ndimage.center_of_mass(mask))
+    return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
 def load_cases(folder: Path | None = None) -> list[Case]:

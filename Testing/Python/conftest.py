@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from ProMISeLib.sample_data import Case, load_cases
+from ProMISeLib.sample_data import Case, lesion_click, load_cases
 from ProMISeLib.settings import data_dir
-from scipy import ndimage
 
 
 def pytest_configure(config):
@@ -21,8 +19,4 @@ def cases() -> dict[str, Case]:
     return found
 
 
-def centre_click(mask: np.ndarray) -> tuple[int, int, int]:
-    """The mask voxel nearest the mask's centroid, as (k, j, i): where a user clicks."""
-    voxels = np.argwhere(mask)
-    centre = np.asarray(ndimage.center_of_mass(mask))
-    return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+centre_click = lesion_click  # the benchmarks' click rule, shared by the tests
