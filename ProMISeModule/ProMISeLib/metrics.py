@@ -1,4 +1,4 @@
-"""Overlap and distance metrics (Dice, HD95 in millimetres) for benchmarks and tests."""
+"""Overlap and distance metrics (Dice; HD95 and normalised surface Dice in millimetres) for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -30,3 +30,27 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_kji: tuple[float, float, float]) 
         return float("inf")
     distances = np.concatenate([_surface_distances(a, b, spacing_kji), _surface_distances(b, a, spacing_kji)])
     return float(np.percentile(distances, 95))
+
+
+def nsd(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float], tolerance_mm: float = 5.0) -> float:
+    """Normalised surface Dice at ``tolerance_mm`` (Nikolov et al. 2021); ``spacing`` in array (K, J, I) order.
+
+    The share of both masks' surface voxels that lie within the tolerance of the other mask's
+    surface. 1.0 when both masks are empty, 0.0 when exactly one is.
+    """
+    a, b = pred.astype(bool), truth.astype(bool)
+    if not a.any() and not b.any():
+        return 1.0
+    if not a.any() or not b.any():
+        return 0.0
+    # Only the region around both masks matters: crop to it (the array border stays where it was).
+    margin = np.ceil(tolerance_mm / np.asarray(spacing, dtype=float)).astype(int) + 2
+    found = np.argwhere(a | b)
+    low = np.maximum(found.min(axis=0) - margin, 0)
+    high = np.minimum(found.max(axis=0) + margin + 1, a.shape)
+    box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+    a, b = a[box], b[box]
+    a_to_b = _surface_distances(a, b, spacing)
+    b_to_a = _surface_distances(b, a, spacing)
+    close = np.count_nonzero(a_to_b <= tolerance_mm) + np.count_nonzero(b_to_a <= tolerance_mm)
+    return float(close / (a_to_b.size + b_to_a.size))

