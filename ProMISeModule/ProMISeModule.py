@@ -32,6 +32,7 @@ __all__ = ["ProMISeModule", "ProMISeModuleLogic", "ProMISeModuleTest", "ProMISeM
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 RUNTIMES = (("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
+PROMPTS = (("auto", "Auto"), ("learned", "Learned"), ("heuristic", "Rule-based"))
 
 
 class ProMISeModule(ScriptedLoadableModule):
@@ -68,11 +69,12 @@ class ProMISeModuleParameterNode:
     model: str = ""
     device: str = "auto"
     runtime: str = "torch"
+    prompts: str = "auto"
     autoUpdate: bool = False
 
 
 class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, model/device/runtime, Segment/Cancel/Undo, progress, status and the model list."""
+    """The panel: inputs, model/prompts/device/runtime, Segment/Cancel/Undo, progress, status and the model list."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -102,6 +104,8 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(text, device)
         for runtime, text in RUNTIMES:
             self.ui.runtimeComboBox.addItem(text, runtime)
+        for prompts, text in PROMPTS:
+            self.ui.promptsComboBox.addItem(_(text), prompts)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -111,6 +115,9 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.runtimeComboBox.connect("currentIndexChanged(int)", self.onRuntimeChanged)
+        self.ui.promptsComboBox.connect("currentIndexChanged(int)", self.onPromptsChanged)
+        self.ui.modelsTable.connect("itemSelectionChanged()", self.updateModelNotes)
+        self.ui.addCheckpointButton.connect("clicked(bool)", self.onAddCheckpointButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
@@ -170,6 +177,8 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectComboData(self.ui.modelComboBox, self._parameterNode.model)
             self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
             self._selectComboData(self.ui.runtimeComboBox, self._parameterNode.runtime)
+            self._selectComboData(self.ui.promptsComboBox, self._parameterNode.prompts)
+            self.updateModelNotes()
         self.onPointsNodeChanged()
         self.updateButtons()
 
@@ -195,6 +204,9 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def currentRuntime(self) -> str:
         return self.ui.runtimeComboBox.currentData or "torch"
+
+    def currentPrompts(self) -> str:
+        return self.ui.promptsComboBox.currentData or "auto"
 
     def updateButtons(self, caller=None, event=None) -> None:
         running = self.logic is not None and self.logic.busy
@@ -232,14 +244,19 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setRowCount(len(models))
         for row, model in enumerate(models):
             title = getattr(model, "title", model.name) or model.name
+            notes = self._modelNotes(model.name)
+            byHand = notes is not None and notes.addedByHand
             if model.installed:
                 text = title + (_(" (default)") if model.name == default else "")
             elif model.downloadable:
                 text = _("{title} (download, {size:.0f} MB)").format(title=title, size=model.size_mb)
+            elif byHand:
+                text = _("{title} (add by hand: see Models)").format(title=title)
             else:
                 text = _("{title} (not installed)").format(title=title)
             self.ui.modelComboBox.addItem(text, model.name)
-            cells = (title, _("yes") if model.installed else _("no"), f"{model.size_mb:.0f} MB", model.location or "")
+            state = _("yes") if model.installed else (_("no (add by hand)") if byHand else _("no"))
+            cells = (title, state, f"{model.size_mb:.0f} MB", model.location or "")
             for column, value in enumerate(cells):
                 item = qt.QTableWidgetItem(str(value))
                 item.setData(qt.Qt.UserRole, model.name)
@@ -249,10 +266,40 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         saved = self._parameterNode.model if self._parameterNode else ""
         self._selectComboData(self.ui.modelComboBox, selected or saved)
         self.ui.modelComboBox.blockSignals(False)
+        self.updateModelNotes()
+
+    def _modelNotes(self, name: str | None):
+        """The logic's ModelNotes for ``name``, or None when the engine cannot tell (not installed yet)."""
+        try:
+            return self.logic.modelNotes(name)
+        except Exception as error:
+            logging.debug(f"ProMISe: no notes for model {name!r} ({error})")
+            return None
+
+    def updateModelNotes(self) -> None:
+        """Warnings for the chosen model, and the add-by-hand help for the model selected in the table."""
+        notes = self._modelNotes(self.currentModel())
+        volume3d = notes is not None and notes.volume3d
+        self.ui.modelWarningLabel.text = _(
+            "ProMISe 3D segments the region around each click in one pass: on a CPU one click takes a minute or more "
+            "(a CUDA GPU takes seconds). Background (negative) points are not used."
+        ) if volume3d else ""
+        self.ui.promptsComboBox.enabled = not volume3d  # a 3D model takes no box prompts
+        selected = self.selectedTableModel()
+        notes = self._modelNotes(selected) if selected else None
+        if notes is not None and notes.addedByHand:
+            self.ui.manualModelLabel.text = _(
+                '{name} is added by hand: download <b>{file}</b> from <a href="{page}">{page}</a>, then click '
+                "<i>Add checkpoint…</i> and choose the file."
+            ).format(name=notes.name, file=notes.sourceHint or _("the released checkpoint"), page=notes.page)
+        else:
+            self.ui.manualModelLabel.text = ""
+        self.ui.addCheckpointButton.enabled = notes is not None and notes.addedByHand
 
     def onModelChanged(self, index=None) -> None:
         if self._parameterNode:
             self._parameterNode.model = self.currentModel() or ""
+        self.updateModelNotes()
 
     def onDeviceChanged(self, index=None) -> None:
         device = self.currentDevice()
@@ -272,6 +319,10 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRuntimeChanged(self, index=None) -> None:
         if self._parameterNode:
             self._parameterNode.runtime = self.currentRuntime()
+
+    def onPromptsChanged(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.prompts = self.currentPrompts()
 
     # --- dependencies ---------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
@@ -306,7 +357,15 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if model.installed:
                     return True
                 if not model.downloadable:
-                    self.setStatus(_("Model {name} is not installed and cannot be downloaded.").format(name=name), True)
+                    notes = self._modelNotes(model.name)
+                    if notes is not None and notes.addedByHand:
+                        self.ui.modelsCollapsibleButton.collapsed = False
+                        self.setStatus(_("Model {name} is not installed: download {file} from {page}, then add it "
+                                         "with Add checkpoint… in the Models section.").format(
+                            name=name, file=notes.sourceHint or _("the released checkpoint"), page=notes.page), True)
+                    else:
+                        self.setStatus(_("Model {name} is not installed and cannot be downloaded.").format(name=name),
+                                       True)
                     return False
                 question = _("Download the {title} weights ({size:.0f} MB) now?").format(
                     title=getattr(model, "title", name), size=model.size_mb)
@@ -345,7 +404,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run = self.logic.segment(
                 node.inputVolume, node.positivePoints, node.outputSegmentation, node.negativePoints,
                 model=self.currentModel(), device=self.currentDevice(), runtime=self.currentRuntime(),
-                progressCallback=self.onProgress, pointIndices=pointIndices,
+                prompts=self.currentPrompts(), progressCallback=self.onProgress, pointIndices=pointIndices,
             )
         except SegmentationCancelled:
             self.setStatus(_("Cancelled after {s:.1f} s; nothing was changed.").format(s=time.perf_counter() - started))
@@ -458,6 +517,36 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelDownloadButton(self) -> None:
         self._downloadCancelled = True
 
+    def onAddCheckpointButton(self) -> None:
+        """Choose a checkpoint downloaded by hand and add it for the selected ProMISe 3D model."""
+        name = self.selectedTableModel()
+        notes = self._modelNotes(name) if name else None
+        if notes is None or not notes.addedByHand:
+            self.setStatus(_("{name} is not added by hand: use Download.").format(name=name), error=True)
+            return
+        if not self.ensureDependencies():
+            return
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Add the {name} checkpoint").format(name=name), "",
+            _("PyTorch checkpoints (*.pth *.pt);;All files (*)"),
+        )
+        if path:
+            self.addCheckpoint(name, path)
+
+    def addCheckpoint(self, name: str, path: str) -> bool:
+        """Convert ``path`` into the weights cache for model ``name`` (``promise weights add``); True when done."""
+        self.setStatus(_("Adding {name} from {path} (reading and converting the checkpoint)...").format(
+            name=name, path=path))
+        slicer.app.processEvents()
+        try:
+            installed = self.logic.addModelCheckpoint(name, path)
+        except Exception as error:
+            self.setStatus(_("Could not add {name}: {error}").format(name=name, error=error), error=True)
+            return False
+        self.setStatus(_("Added {name}: {path}").format(name=name, path=installed))
+        self.populateModels()
+        return True
+
     def onRemoveModelsButton(self) -> None:
         if not slicer.util.confirmOkCancelDisplay(
             _("Delete every downloaded ProMISe weights file? Files shipped in Python packages are kept."),
@@ -475,7 +564,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class ProMISeModuleTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: segment the tumour of SampleData's MRBrainTumor1 from one fiducial."""
+    """Inside Slicer: segment MRBrainTumor1's tumour from one fiducial, with the default and rule-based prompts."""
 
     #: A point inside the tumour of MRBrainTumor1 (RAS, mm), as Slicer's own segment editor tests use.
     TUMOR_RAS = (-6.0, 30.0, 28.0)
@@ -533,7 +622,16 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         spacing = np.prod(volume.GetSpacing()) / 1000.0
         volumeMl = run.objects[0].volume_ml
         self.assertAlmostEqual(float(mask.sum()) * spacing, volumeMl, delta=0.05 * volumeMl)
+        self.assertTrue(run.method and run.method in run.summary(), "the status names the prompts that ran")
 
+        self.delayDisplay("Segmenting again with rule-based prompts")
+        heuristic = logic.segment(volume, points, prompts="heuristic")
+        self.delayDisplay(heuristic.summary())
+        self.assertEqual(heuristic.method, "heuristic box prompts")
+        self.assertEqual(heuristic.objects[0].segmentId, segmentId, "the same fiducial's segment is replaced")
+        self.assertGreater(heuristic.objects[0].volume_ml, 1.0)
+
+        logic.undo()  # back to the first run's segment
         logic.undo()
         self.assertIsNone(slicer.mrmlScene.GetNodeByID(segmentation.GetID()), "undo removes the new segmentation")
         self.delayDisplay("Test passed")

@@ -12,6 +12,12 @@ Dice, HD95 (mm), wall time and peak memory, for
 
     python benchmarks/run_benchmark.py --out benchmarks/results/cpu.json [--cases brain1,STS_002_CT]
     python benchmarks/run_benchmark.py --table benchmarks/results/cpu.json   # print the markdown table
+
+Learned prompts, validated by patient: each case runs with the prompter fold that never saw its
+patient (``promise train-prompting`` writes the folds), beside an earlier heuristic run:
+
+    python benchmarks/run_benchmark.py --prompter-folds OUT/folds --skip-baselines \
+        --reference benchmarks/results/cpu.json --out benchmarks/results/cpu_learned.json
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.sample_data import lesion_click, load_cases
+from ProMISeLib.sample_data import lesion_click, load_cases, patient_group
 from ProMISeLib.volume_io import read_image, read_label
 
 
@@ -89,7 +95,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.cases:
         wanted = set(args.cases.split(","))
         cases = [c for c in cases if c.id in wanted]
-    oracle_model = Segmenter(device=args.device)
+    oracle_model = Segmenter(device=args.device, prompts="heuristic")
+    reference = {}
+    if args.reference:
+        earlier = json.loads(Path(args.reference).read_text())
+        reference = {c["case"]: c for c in earlier["cases"]}
+        missing = [c.id for c in cases if c.id not in reference]
+        if missing:
+            raise SystemExit(f"--reference lacks {missing}")
     results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                           f"{torch.__version__}, {args.threads} threads, device {args.device}", "cases": []}
@@ -103,18 +116,33 @@ def evaluate(args: argparse.Namespace) -> dict:
         point = geometry.index_to_lps(np.array(click[::-1], dtype=float))
         row = {"case": case.id, "lesion_ml": float(truth.sum() * geometry.voxel_volume_ml),
                "lesion_slices": int(truth.any(axis=(1, 2)).sum()), "click_kji": click}
-        mask, facts = run_cli(case.image, point, args.device, args.extra.split() if args.extra else [])
+        extra = args.extra.split() if args.extra else []
+        if args.prompter_folds:  # cross-validation: the fold that never saw this patient
+            folds = Path(args.prompter_folds)
+            fold = json.loads((folds / "index.json").read_text())[patient_group(case.id)]
+            extra += ["--prompts", "learned", "--prompter-weights", str(folds / fold)]
+            row["prompter_fold"] = fold
+        mask, facts = run_cli(case.image, point, args.device, extra)
         if mask is None:
             row["promise"] = {"dice": 0.0, "hd95": None, **facts}
         else:
             row["promise"] = {"dice": dice(mask, truth), "hd95": hd95(mask > 0, truth, spacing_kji), **facts}
-        grown, seconds = region_growing(case.image, click)
-        row["region_growing"] = {"dice": dice(grown, truth), "hd95": hd95(grown, truth, spacing_kji),
-                                 "wall_s": seconds}
-        if not args.skip_oracle:
+        if not args.skip_baselines:
+            grown, seconds = region_growing(case.image, click)
+            row["region_growing"] = {"dice": dice(grown, truth), "hd95": hd95(grown, truth, spacing_kji),
+                                     "wall_s": seconds}
+        if not (args.skip_oracle or args.skip_baselines):
             oracle, seconds = oracle_box(oracle_model, volume, truth)
             row["oracle_box"] = {"dice": dice(oracle, truth), "hd95": hd95(oracle, truth, spacing_kji),
                                  "wall_s": seconds}
+        if args.reference:  # an earlier run on the same cases and clicks (e.g. the heuristic prompts)
+            earlier = reference[case.id]
+            if list(earlier["click_kji"]) != list(click):
+                raise SystemExit(f"{case.id}: --reference used another click {earlier['click_kji']}")
+            row[args.reference_label] = earlier["promise"]
+            for method in ("region_growing", "oracle_box"):
+                if method not in row and method in earlier:
+                    row[method] = earlier[method]
         results["cases"].append(row)
         print(json.dumps({k: (round(v["dice"], 3) if isinstance(v, dict) else v) for k, v in row.items()}),
               flush=True)
@@ -132,7 +160,8 @@ def _fmt(value, digits=2):
 
 
 def table(results: dict) -> str:
-    methods = [m for m in ("promise", "region_growing", "oracle_box") if all(m in c for c in results["cases"])]
+    methods = [m for m in ("promise", "heuristic", "region_growing", "oracle_box")
+               if all(m in c for c in results["cases"])]
     lines = ["| case | lesion mL | slices | " + " | ".join(f"{m} Dice | {m} HD95 mm" for m in methods)
              + " | promise s | promise MB |", "|" + "---|" * (3 + 2 * len(methods) + 2)]
     for c in results["cases"]:
@@ -158,6 +187,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-oracle", action="store_true")
+    parser.add_argument("--skip-baselines", action="store_true", help="skip region growing and the oracle")
+    parser.add_argument("--prompter-folds", default=None,
+                        help="folder of per-patient prompter folds (promise train-prompting): run each case "
+                             "with the fold that held its patient out")
+    parser.add_argument("--reference", default=None,
+                        help="results JSON of an earlier run on the same cases: its promise column is added under "
+                             "--reference-label, and its baselines are reused where this run skips them")
+    parser.add_argument("--reference-label", default="heuristic")
     parser.add_argument("--extra", default="", help="extra arguments for `promise segment`")
     parser.add_argument("--table", default=None, help="print the markdown table of a results JSON and exit")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Command line: ``promise segment``, ``promise demo``, ``promise models`` and ``promise weights``."""
+"""Command line: ``promise segment``, ``demo``, ``models``, ``weights``, and ``train``/``evaluate`` (ProMISe 3D)."""
 
 from __future__ import annotations
 
@@ -56,14 +56,64 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", default=None)
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--output", required=True, help="directory for encoder.onnx, decoder.onnx, manifest.json")
+    export.add_argument("--int8", action="store_true",
+                        help="also write encoder.int8.onnx, int8 dynamically quantised (ONNX Runtime on a CPU)")
 
-    weights = sub.add_parser("weights", help="download or remove model weights")
+    weights = sub.add_parser("weights", help="download, add or remove model weights")
     wsub = weights.add_subparsers(dest="action", required=True)
     download = wsub.add_parser("download", help="download a model's weights (pinned URL, SHA-256 checked)")
     download.add_argument("model")
+    add = wsub.add_parser("add", help="convert a checkpoint you downloaded by hand (ProMISe 3D) into the cache")
+    add.add_argument("model", help="promise-colon or promise-pancreas")
+    add.add_argument("path", help="the released checkpoint, e.g. colon_pretrain_promise.pth")
     remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
     remove.add_argument("model", nargs="*")
+    _add_training_commands(sub)
+    prompting = sub.add_parser("train-prompting",
+                               help="train the learned prompter of the default model on the labelled scans")
+    prompting.add_argument("--output", required=True, help="folder for the weights, their card and the folds")
+    prompting.add_argument("--data", default=None, help="labelled scans with cases.json (default: PROMISE_DATA_DIR)")
+    prompting.add_argument("--cache", default=None, help="where the frozen embeddings are cached")
+    prompting.add_argument("--folds", type=int, default=6,
+                           help="cross-validation folds by patient (0: none; the number of patients or more: "
+                                "leave one patient out)")
+    prompting.add_argument("--iterations", type=int, default=600)
+    prompting.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
+    prompting.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="for encoding the slices")
+    prompting.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="for encoding the slices")
     return parser
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """``promise train`` and ``promise evaluate`` (ProMISe 3D on an MSD task folder); run in train3d/evaluate3d."""
+    train = sub.add_parser("train", help="train the ProMISe 3D model on an MSD task folder")
+    train.add_argument("--data", required=True, help="MSD task folder (dataset.json, imagesTr/, labelsTr/)")
+    train.add_argument("--task", required=True, choices=("colon", "pancreas"))
+    train.add_argument("--output", required=True, help="folder for checkpoints, history, loss.png, best model")
+    train.add_argument("--epochs", type=int, default=200, help="total epochs (a resumed run counts those done)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    train.add_argument("--reduced", action="store_true", help="the tiny model (CPU tests), random init")
+    train.add_argument("--splits", default=None, help="split JSON (fold-0 format); else all cases train")
+    train.add_argument("--init", default=None,
+                       help="sam (default), random (default with --reduced), promise-colon, or a weights file")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--steps-per-epoch", type=int, default=None, help="crops per epoch (default: one per case)")
+    evaluate = sub.add_parser("evaluate", help="one-click Dice and NSD of a ProMISe 3D model on an MSD split")
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="registered model name (promise-colon, promise-pancreas)")
+    which.add_argument("--weights", help="a converted or trained ProMISe 3D checkpoint")
+    evaluate.add_argument("--data", required=True, help="MSD task folder")
+    evaluate.add_argument("--task", required=True, choices=("colon", "pancreas"))
+    evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                          help="default: test with --splits, else all")
+    evaluate.add_argument("--splits", default=None, help="split JSON (fold-0 format)")
+    evaluate.add_argument("--output", required=True, help="report .json (a .csv is written beside it)")
+    evaluate.add_argument("--click", choices=("centroid", "random"), default="centroid",
+                          help="label voxel nearest the centroid, or a seeded random one (the paper)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -72,9 +122,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="PyTorch, or ONNX Runtime (exported into the cache on first use)")
     parser.add_argument("--onnx-dir", default=None, help="an export directory from `promise export`")
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                        help="fp16 runs the encoder in half precision (CUDA, torch runtime)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="fp16 runs the encoder in half precision (CUDA, torch runtime); int8 its int8 "
+                             "quantised export (CPU, --runtime onnx)")
     parser.add_argument("--weights", default=None, help="path to the model's weights file (else the registry's)")
+    parser.add_argument("--prompts", choices=("auto", "learned", "heuristic"), default="auto",
+                        help="how a click becomes per-slice boxes: the trained prompter, the rule-based search, or "
+                             "auto (learned where its shipped card says it beat the heuristic)")
+    parser.add_argument("--prompter-weights", default=None,
+                        help="a learned prompter (.safetensors with its .json card) instead of the shipped one")
 
 
 class _Progress:
@@ -105,7 +161,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.negative:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
-                          onnx_dir=args.onnx_dir, precision=args.precision)
+                          onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
+                          prompter_weights=args.prompter_weights)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
@@ -165,7 +222,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
-                          onnx_dir=args.onnx_dir, precision=args.precision)
+                          onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
+                          prompter_weights=args.prompter_weights)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)
@@ -184,9 +242,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_models() -> int:
     from .models.registry import list_models
 
-    for info in list_models():
+    infos = list_models()
+    width = max((len(info.name) for info in infos), default=0)
+    for info in infos:
         state = "installed" if info.installed else "not installed"
-        print(f"{info.name:12s} {info.size_mb:8.1f} MB  {state:13s}  {info.title}  {info.location or ''}")
+        print(f"{info.name:{width}s} {info.size_mb:8.1f} MB  {state:13s}  {info.title}  {info.location or ''}")
     return 0
 
 
@@ -198,9 +258,32 @@ def _run_weights(args: argparse.Namespace) -> int:
         path = download_weights(get_model_spec(args.model).weights)
         print(f"{args.model}: {path}")
         return 0
+    if args.action == "add":
+        from .models.registry import add_model_weights
+        from .weights import sidecar_path
+
+        path = add_model_weights(args.model, args.path)
+        print(f"{args.model}: converted {args.path} -> {path} (description: {sidecar_path(path)})")
+        return 0
     names = [get_model_spec(name).weights for name in args.model] or None
     for path in remove_downloaded_weights(names):
         print(f"removed {path}")
+    return 0
+
+
+def _run_train_prompting(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .prompting.pipeline import PipelineSettings, train_prompting
+    from .prompting.train import TrainSettings
+
+    card = train_prompting(Path(args.output), Path(args.data) if args.data else None,
+                           Path(args.cache) if args.cache else None, args.device, args.runtime,
+                           TrainSettings(iterations=args.iterations), settings=PipelineSettings(folds=args.folds),
+                           jobs=args.jobs)
+    mean = card["validation"]["coarse_dice_mean"]
+    print(f"validation on held-out patients (coarse, no decoder): mean Dice {mean}" if mean is not None
+          else "no validation run")
     return 0
 
 
@@ -235,10 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             from .onnx_backend import export_onnx
 
-            print(f"wrote {export_onnx(args.model, args.output, args.weights, args.opset)}")
+            print(f"wrote {export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8)}")
             return 0
+        if args.command == "train-prompting":
+            return _run_train_prompting(args)
         if args.command == "weights":
             return _run_weights(args)
+        if args.command in ("train", "evaluate"):
+            from . import evaluate3d, train3d
+
+            return (train3d if args.command == "train" else evaluate3d).run_cli(args)
         raise InvalidInputError(f"unknown command {args.command}")
     except ProMISeError as exc:
         print(f"promise: error: {exc}", file=sys.stderr)

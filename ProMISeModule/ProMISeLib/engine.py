@@ -14,23 +14,30 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .backends import TorchBackend
-from .errors import DeviceUnavailableError, EmptySegmentationError, InvalidInputError
+from .errors import CheckpointError, DeviceUnavailableError, EmptySegmentationError, InvalidInputError
 from .geometry import ImageGeometry, Space
-from .models.registry import DEFAULT_MODEL, get_model_spec
+from .models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from .predictor import EmbeddingCache, SlicePredictor
-from .preprocess import Modality, normalize_intensities
+from .preprocess import Modality, detect_modality, normalize_intensities
 from .propagation import LesionPropagator, PropagationSettings, assemble
 from .result import SegmentationResult, bounding_box
 from .validation import validate_volume
 from .weights import resolve_weights
 
+if TYPE_CHECKING:  # SimpleITK is imported only when a 3D model runs
+    from .promise3d_inference import Promise3DRunner
+
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
+PROMPT_MODES = ("auto", "learned", "heuristic")
+HEURISTIC_METHOD = "heuristic box prompts"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -51,21 +58,43 @@ class Segmenter:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
                  cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "torch",
-                 onnx_dir: str | None = None, precision: str = "fp32") -> None:
+                 onnx_dir: str | None = None, precision: str = "fp32", parity_permuted_click: bool = False,
+                 prompts: str = "auto", prompter_weights: str | None = None) -> None:
+        """``parity_permuted_click`` (ProMISe 3D models only) passes the click the way the official tester
+        does (in-plane coordinates swapped), to reproduce published numbers.
+
+        ``prompts`` chooses how clicks become per-slice boxes: ``learned`` (the backbone's trained
+        prompter, or ``prompter_weights``), ``heuristic`` (the rule-based box search), or ``auto``:
+        learned when the shipped prompter's card marks it the default (it beat the heuristic in
+        validation), else heuristic.
+        """
         self.spec = get_model_spec(model)
+        if prompts not in PROMPT_MODES:
+            raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
+        self.prompts = prompts
+        self.prompter_weights = prompter_weights
+        self._prompter = None
         if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"unknown runtime {runtime!r}; use torch or onnx")
-        if precision not in ("fp32", "fp16"):
-            raise InvalidInputError(f"unknown precision {precision!r}; use fp32 or fp16")
+        if self.spec.kind == VOLUME3D and runtime != "torch":
+            raise InvalidInputError(f"{model} runs with the torch runtime only")
+        self.parity_permuted_click = parity_permuted_click
+        self._volume3d = None  # a Promise3DRunner, for volume3d models
+        if precision not in ("fp32", "fp16", "int8"):
+            raise InvalidInputError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
         self.precision = precision
         self.runtime = runtime
         self.onnx_dir = onnx_dir
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if precision == "int8" and device == "auto" else device)
         if precision == "fp16" and (self.device.type != "cuda" or runtime != "torch"):
             raise InvalidInputError("fp16 runs on CUDA with the torch runtime only")
+        if precision == "int8" and (self.device.type != "cpu" or runtime != "onnx"):
+            raise InvalidInputError("int8 runs on the CPU with the ONNX runtime only (--runtime onnx --device cpu)")
         self.messages: list[str] = []
         self.weights_path = weights
-        self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts)
+        # Encode-ahead pays where the encoder runs beside the CPU (CUDA); on a small CPU it competes with the decoder.
+        self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
+                                                        encode_ahead=2 if self.device.type == "cuda" else 0)
         self.cache = EmbeddingCache(cache_mb)
         self._predictor: SlicePredictor | None = None
         self._normalised: tuple[weakref.ref, str, np.ndarray, str] | None = None
@@ -74,8 +103,20 @@ class Segmenter:
     def model_name(self) -> str:
         return self.spec.name
 
-    def load(self) -> SlicePredictor:
-        """Load the weights (hash-checked) and build the model, once."""
+    def load(self) -> SlicePredictor | Promise3DRunner:
+        """Load the weights (hash-checked) and build the model, once.
+
+        Returns the slice predictor, or for a ``volume3d`` model its Promise3DRunner.
+        """
+        if self.spec.kind == VOLUME3D:
+            if self._volume3d is None:
+                from .promise3d_inference import Promise3DRunner
+
+                path = resolve_weights(self.spec.weights, self.weights_path)  # checked against its sidecar
+                self._volume3d = Promise3DRunner.load(path, self.device, half=self.precision == "fp16",
+                                                      parity_permuted_click=self.parity_permuted_click,
+                                                      verify=False)
+            return self._volume3d
         if self._predictor is None:
             if self.runtime == "onnx":
                 model = self._onnx_backend()
@@ -86,15 +127,37 @@ class Segmenter:
             self._predictor = SlicePredictor(model, self.spec.name, self.spec.scaling, self.device, self.cache, batch)
         return self._predictor
 
+    def learned_prompter(self):
+        """The learned prompter this segmenter uses (loaded once, hash-checked), or None for the heuristic."""
+        if self.prompts == "heuristic" or self.spec.kind != "slice":
+            return None
+        if self._prompter is None:
+            from .prompting.prompter import LearnedPrompter
+
+            path = self.prompter_weights or self.spec.prompter_path
+            if path is None or not Path(path).is_file():
+                if self.prompts == "learned":
+                    raise CheckpointError(f"{self.spec.name}: no learned prompter weights "
+                                          f"({path or 'none shipped for this model'})")
+                return None
+            prompter = LearnedPrompter.from_file(Path(path))
+            if self.prompts == "auto" and self.prompter_weights is None and not prompter.card.get("default"):
+                return None
+            self._prompter = prompter
+        return self._prompter
+
     def _onnx_backend(self):
         """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
-        from .onnx_backend import MANIFEST, OnnxBackend, export_onnx
+        from .onnx_backend import INT8_ENCODER, MANIFEST, OnnxBackend, add_int8_encoder, export_onnx, read_manifest
         from .settings import cache_dir
 
         directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
         if self.onnx_dir is None and not (directory / MANIFEST).is_file():
             export_onnx(self.spec.name, directory, self.weights_path)
-        backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name)
+        if self.onnx_dir is None and self.precision == "int8" and INT8_ENCODER not in read_manifest(directory)["files"]:
+            add_int8_encoder(directory)  # quantised into the cache on first use, like the fp32 export
+        backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
+                              precision="int8" if self.precision == "int8" else "fp32")
         self.messages.extend(backend.messages)
         return backend
 
@@ -135,14 +198,18 @@ class Segmenter:
         if negative_points is not None and len(negative_points):
             negatives = [tuple(int(v) for v in p)
                          for p in geometry.to_voxel_kji(np.asarray(negative_points, float), space)]
+        if self.spec.kind == VOLUME3D:
+            return self._segment_volume3d(volume, geometry, positives, negatives, modality, progress, cancel,
+                                          started)
         if progress:
             progress(0.0, "loading model")
         predictor = self.load()
         encoded_before, hits_before = predictor.encoded, self.cache.hits
         normalised, _ = self._normalise(volume, modality)
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
+        prompter = self.learned_prompter()
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], self.settings,
-                                      progress, cancel)
+                                      progress, cancel, prompter=prompter)
         lesions = []
         covered = np.zeros(volume.shape, dtype=bool)
         for index, click in enumerate(positives):
@@ -153,7 +220,8 @@ class Segmenter:
             crop, seed_mask, score = propagator.seed(click, positives, negatives)
             if score < 0.5:
                 propagator.messages.append(f"weak result: the model's confidence at the click is {score:.2f}")
-            extents = propagator.orthogonal_extents(click) if self.settings.orthogonal_stop else None
+            use_extents = self.settings.orthogonal_stop if prompter is None else self.settings.learned_orthogonal_stop
+            extents = propagator.orthogonal_extents(click) if use_extents else None
             lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
             lesions.append(lesion)
             covered |= assemble(volume.shape, [lesion], []).astype(bool)
@@ -175,9 +243,33 @@ class Segmenter:
             progress(1.0, "done")
         return SegmentationResult(
             mask=mask, geometry=geometry, bbox_kji=bounding_box(mask), elapsed_s=time.perf_counter() - started,
-            method="heuristic box prompts", model=self.spec.name, device=str(self.device), messages=messages,
+            method=HEURISTIC_METHOD if prompter is None else f"learned prompts ({prompter.name})",
+            model=self.spec.name, device=str(self.device), messages=messages,
             runtime=self._predictor.backend.runtime,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,
+        )
+
+    def _segment_volume3d(self, volume: np.ndarray, geometry: ImageGeometry, positives: list, negatives: list,
+                          modality: Modality, progress: ProgressFn | None, cancel: CancelFn | None,
+                          started: float) -> SegmentationResult:
+        """A whole-volume 3D model (ProMISe 3D): one crop per click, no slice propagation."""
+        from .promise3d_inference import METHOD
+
+        if progress:
+            progress(0.0, "loading model")
+        runner = self.load()
+        out = runner.segment(volume, geometry, positives, progress=progress, cancel=cancel)
+        messages = list(self.messages)
+        if negatives:
+            messages.append("negative clicks are not used by ProMISe 3D (its prompt encoder has no labels)")
+        used = detect_modality(volume) if modality == "auto" else modality
+        if used == "mr":
+            messages.append("ProMISe 3D was trained on CT (Hounsfield units); this image does not look like CT")
+        messages.extend(out.messages)
+        return SegmentationResult(
+            mask=out.mask, geometry=geometry, bbox_kji=bounding_box(out.mask),
+            elapsed_s=time.perf_counter() - started, method=METHOD, model=self.spec.name, device=str(self.device),
+            messages=messages, runtime=runner.runtime,
         )
 
 

@@ -2,13 +2,16 @@
 
 ``export_onnx`` writes ``encoder.onnx`` (dynamic batch), ``decoder.onnx`` (one embedding, a
 dynamic number of boxes) and ``manifest.json`` (model, input size and scaling, opset, the
-SHA-256 of each file). ``OnnxBackend`` refuses a directory whose files do not match their
-manifest or whose inputs are not the expected ones, so a wrong file never gives a wrong mask.
+SHA-256 of each file). ``add_int8_encoder`` (``promise export --int8``) adds ``encoder.int8.onnx``,
+the encoder with its MatMul weights dynamically quantised to int8 (per channel) for ONNX Runtime
+on a CPU. ``OnnxBackend`` refuses a directory whose files do not match their manifest or whose
+inputs are not the expected ones, so a wrong file never gives a wrong mask.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +26,11 @@ from .volume_io import atomic_write
 MANIFEST = "manifest.json"
 ENCODER_INPUTS = ["image"]
 DECODER_INPUTS = ["image_embeddings", "boxes"]
+INT8_ENCODER = "encoder_int8"  # the manifest role of the quantised encoder
+PRECISIONS = ("fp32", "int8")
+# Dynamic int8 quantisation of the MatMuls only: ONNX Runtime's CPU provider has no int8 ConvInteger
+# kernel, and quantising the convolutions (uint8) lost most of the embedding's accuracy.
+INT8_SETTINGS = {"op_types": ["MatMul"], "weight_type": "QInt8", "per_channel": True}
 
 
 class _BoxDecoder(nn.Module):
@@ -40,8 +48,12 @@ class _BoxDecoder(nn.Module):
                                  multimask_output=False)
 
 
-def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = None, opset: int = 17) -> Path:
-    """Export the named model's encoder and box decoder to ONNX; returns the manifest path."""
+def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = None, opset: int = 17,
+                int8: bool = False) -> Path:
+    """Export the named model's encoder and box decoder to ONNX; returns the manifest path.
+
+    With ``int8`` the dynamically quantised encoder is written too (see :func:`add_int8_encoder`).
+    """
     from .models.registry import get_model_spec
     from .weights import resolve_weights
 
@@ -72,11 +84,49 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "files": {role: {"name": path.name, "sha256": sha256_of(path)} for role, path in files.items()},
     }
-    return atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    path = atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    return add_int8_encoder(out) if int8 else path
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The manifest of an export directory, with every file's SHA-256 checked."""
+class _DropMessage(logging.Filter):
+    """Drops log records that contain a given text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def add_int8_encoder(directory: str | Path) -> Path:
+    """Write ``encoder.int8.onnx`` (int8 weights, dynamic activations) beside a checked fp32 export.
+
+    The fp32 encoder is checked against the manifest first; the quantised file and its SHA-256
+    are then recorded in the manifest (role ``encoder_int8``). Returns the manifest path.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    source = directory / manifest["files"]["encoder"]["name"]
+    target = directory / "encoder.int8.onnx"
+    quiet = _DropMessage("pre-processing before quantization")  # its advice does not apply to this graph
+    logging.getLogger().addFilter(quiet)
+    try:
+        atomic_write(target, lambda tmp: quantize_dynamic(
+            source, tmp, op_types_to_quantize=INT8_SETTINGS["op_types"], per_channel=INT8_SETTINGS["per_channel"],
+            weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"])))
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    manifest["files"][INT8_ENCODER] = {"name": target.name, "sha256": sha256_of(target)}
+    manifest["int8"] = {**INT8_SETTINGS, "method": "onnxruntime.quantization.quantize_dynamic",
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+
+
+def read_manifest(directory: str | Path, roles: tuple[str, ...] = ("encoder", "decoder")) -> dict:
+    """The manifest of an export directory, with the SHA-256 of each file in ``roles`` checked."""
     directory = Path(directory)
     path = directory / MANIFEST
     try:
@@ -84,8 +134,10 @@ def read_manifest(directory: str | Path) -> dict:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: missing or unreadable ONNX manifest ({exc})") from exc
-    for role in ("encoder", "decoder"):
+    for role in roles:
         entry = files.get(role) or {}
+        if role == INT8_ENCODER and not entry:
+            raise CheckpointError(f"{directory}: the export has no int8 encoder; run `promise export --int8`")
         onnx_file = directory / str(entry.get("name", ""))
         if not onnx_file.is_file():
             raise CheckpointError(f"{directory}: the {role} file named in the manifest is missing")
@@ -95,19 +147,31 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 class OnnxBackend:
-    """Encoder and decoder sessions from an export directory, on CUDA when available and asked for."""
+    """Encoder and decoder sessions from an export directory, on CUDA when available and asked for.
+
+    ``precision="int8"`` uses the dynamically quantised encoder (CPU only; the decoder stays fp32).
+    """
 
     runtime = "onnx"
 
-    def __init__(self, directory: str | Path, device: str = "auto", expected_model: str | None = None) -> None:
+    def __init__(self, directory: str | Path, device: str = "auto", expected_model: str | None = None,
+                 precision: str = "fp32") -> None:
         import onnxruntime as ort
 
+        if precision not in PRECISIONS:
+            raise InvalidInputError(f"unknown ONNX precision {precision!r}; use fp32 or int8")
+        if precision == "int8" and device == "cuda":
+            raise InvalidInputError("the int8 encoder runs on the CPU only; use --device cpu or fp32")
         self.directory = Path(directory)
-        self.manifest = read_manifest(self.directory)
+        self.precision = precision
+        encoder_role = INT8_ENCODER if precision == "int8" else "encoder"
+        self.manifest = read_manifest(self.directory, (encoder_role, "decoder"))
         if expected_model and self.manifest.get("model") != expected_model:
             raise CheckpointError(f"{directory}: exported for {self.manifest.get('model')!r}, not {expected_model!r}")
+        if precision == "int8":
+            self.runtime = "onnx-int8"  # embeddings differ from fp32 ones: a separate cache key
         available = ort.get_available_providers()
-        wants_cuda = device in ("auto", "cuda")
+        wants_cuda = device in ("auto", "cuda") and precision != "int8"
         if wants_cuda and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
@@ -117,8 +181,12 @@ class OnnxBackend:
             self.messages.append("ONNX Runtime has no CUDA provider here (install onnxruntime-gpu); running on CPU")
         files = self.manifest["files"]
         try:
-            self.encoder = ort.InferenceSession(str(self.directory / files["encoder"]["name"]), providers=providers)
-            self.decoder = ort.InferenceSession(str(self.directory / files["decoder"]["name"]), providers=providers)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as PyTorch
+            self.encoder = ort.InferenceSession(str(self.directory / files[encoder_role]["name"]),
+                                                sess_options=options, providers=providers)
+            self.decoder = ort.InferenceSession(str(self.directory / files["decoder"]["name"]),
+                                                sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{directory}: ONNX Runtime cannot load the model ({exc})") from exc
         if self.decoder.get_providers()[0] == "CUDAExecutionProvider" and self.encoder.get_providers():

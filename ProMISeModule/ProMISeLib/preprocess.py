@@ -32,9 +32,12 @@ def normalize_intensities(volume: np.ndarray, modality: Modality = "auto") -> tu
         level, width = CT_WINDOW
         low, high = level - width / 2, level + width / 2
     else:
-        foreground = volume[volume > 0]
-        sample = foreground if foreground.size > 100 else volume.ravel()
-        low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+        foreground = volume[volume > 0]  # a copy: the percentiles may reorder it in place (no second copy)
+        if foreground.size > 100:
+            low, high = (float(v) for v in np.percentile(foreground, (0.5, 99.5), overwrite_input=True))
+        else:
+            low, high = (float(v) for v in np.percentile(volume, (0.5, 99.5)))
+        del foreground
     if high <= low:
         high = low + 1.0
     out = np.clip(volume, low, high, dtype=np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -32,6 +33,9 @@ from scipy import ndimage
 from .errors import EmptySegmentationError, SegmentationCancelled
 from .predictor import SlicePredictor
 from .preprocess import CropWindow
+
+if TYPE_CHECKING:
+    from .prompting.prompter import LearnedPrompter
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -56,9 +60,13 @@ class PropagationSettings:
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
     orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
+    learned_orthogonal_stop: bool = False  # the same with the learned prompter (it learns where lesions end)
+    learned_prior: str = "decoder"  # the learned prompter follows its own masks ('coarse') or the decoder's
+    learned_roi_seed: bool = False  # the learned prompter also picks the box on the click's slice in the ROI
     fill_holes: bool = True  # fill holes of each 2D mask (necrotic cores are part of a lesion)
     click_radius_mm: float = 3.0  # accept a candidate whose mask passes this close to the click
     point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
+    encode_ahead: int = 2  # slices encoded in the background ahead of the propagation (0: off)
 
 
 @dataclass
@@ -108,8 +116,10 @@ class LesionPropagator:
 
     def __init__(self, predictor: SlicePredictor, volume: np.ndarray, spacing_ji: tuple[float, float],
                  slice_mm: float, settings: PropagationSettings | None = None, progress: ProgressFn | None = None,
-                 cancel: CancelFn | None = None) -> None:
+                 cancel: CancelFn | None = None, prompter: LearnedPrompter | None = None) -> None:
         self.predictor = predictor
+        self.prompter = prompter
+        self._coarse: dict[int, np.ndarray] = {}  # learned prompter's crop masks of the lesion being followed
         self.volume = volume  # normalised 0-255, (K, J, I)
         self.pixel_mm = float(np.sqrt(spacing_ji[0] * spacing_ji[1]))
         self.spacing_ji = spacing_ji
@@ -165,6 +175,7 @@ class LesionPropagator:
         """Find the lesion at the click; return the ROI crop, its crop mask and a score (0-1)."""
         k, j, i = click_kji
         s = self.settings
+        self._coarse = {}
         rows, cols = self.volume.shape[1:]
         side = int(min(max(rows, cols), max(s.min_crop_px, round(s.context_mm / self.pixel_mm))))
         crop = CropWindow.around((j, i), side, snap=s.crop_snap)
@@ -183,6 +194,14 @@ class LesionPropagator:
             centre = ((box[1] + box[3]) / 2 + crop.j0, (box[0] + box[2]) / 2 + crop.i0)
             roi = CropWindow.around(centre, new_side)
             offset_box = box + np.array([crop.i0 - roi.i0, crop.j0 - roi.j0] * 2, dtype=np.float32)
+            learned = None
+            if self.prompter is not None and s.learned_roi_seed:
+                embedding = self._embedding(k, roi)
+                points, labels = self._prompt_points(k, roi, positives, negatives)
+                learned = self._learned_at_click(embedding, roi.side, (j - roi.j0, i - roi.i0), self.pixel_mm,
+                                                 lambda b: self._exclude(b, k, roi, negatives), points, labels, k)
+            if learned is not None:
+                return roi, learned[0], learned[1]
             refined, refined_score = self._refine(k, (j, i), roi, offset_box, positives, negatives)
             if refined.any():
                 return roi, refined, refined_score
@@ -200,6 +219,11 @@ class LesionPropagator:
         """Box search around a click on one embedded crop: the best self-consistent candidate."""
         s = self.settings
         cj, ci = click_rc
+        if self.prompter is not None:
+            found = self._learned_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels)
+            if found is not None:
+                return found
+            self.messages.append("the learned prompter found nothing at the click; used the box search")
         radii = np.array(s.seed_half_sizes_mm) / pixel_mm
         radii = radii[radii < side]
         boxes = np.stack([[ci - r, cj - r, ci + r + 1, cj + r + 1] for r in radii]).astype(np.float32)
@@ -220,6 +244,24 @@ class LesionPropagator:
             if score > best_score:
                 best, best_score = cand, score
         return best, best_score
+
+    def _learned_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float, exclude=None,
+                          points=None, labels=None, k: int | None = None) -> tuple[np.ndarray, float] | None:
+        """The learned prompter's box at a click, decoded; None when it sees nothing there."""
+        s = self.settings
+        coarse = self.prompter.seed(embedding, side, click_rc)
+        if coarse.box is None:
+            return None
+        if k is not None:
+            self._coarse = {k: coarse.in_crop(side)}  # the prior for the neighbouring slices
+        box = coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px
+        if exclude is not None:
+            box = exclude(box[None])[0]
+        out = self.predictor.decode(embedding, side, box[None], points, labels)
+        mask = _component_at(out.masks[0], click_rc, int(round(s.click_radius_mm / pixel_mm)), s.fill_holes)
+        if not mask.any():
+            return None
+        return mask, float(out.iou[0])
 
     def orthogonal_extents(self, click_kji: tuple[int, int, int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """The lesion seen in the coronal and sagittal planes through the click.
@@ -282,6 +324,8 @@ class LesionPropagator:
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
         s = self.settings
         embedding = self._embedding(k, crop)
+        if self.prompter is not None:
+            return self._learned_step(k, crop, embedding, previous, positives, negatives)
         tight = _box_of(previous)
         centre = (tight[:2] + tight[2:]) / 2
         half = (tight[2:] - tight[:2]) / 2
@@ -309,6 +353,31 @@ class LesionPropagator:
         score, best = max(scored, key=lambda item: item[0])
         return best, score
 
+    def _learned_step(self, k: int, crop: CropWindow, embedding, previous: np.ndarray, positives, negatives):
+        """The learned prompter's box on slice k given the previous mask; (None, 0) where the lesion ends."""
+        s = self.settings
+        prior = previous
+        if s.learned_prior == "coarse":  # the network's own mask on the neighbouring slice, as in training rollouts
+            prior = next((self._coarse[kk] for kk in (k - 1, k + 1) if kk in self._coarse), previous)
+        coarse = self.prompter.follow(embedding, crop.side, prior)
+        if coarse.box is None:
+            return None, 0.0
+        self._coarse[k] = coarse.in_crop(crop.side)
+        box = coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px
+        box = self._exclude(box[None], k, crop, negatives)
+        points, labels = self._prompt_points(k, crop, positives, negatives)
+        out = self.predictor.decode(embedding, crop.side, box, points, labels)
+        mask = out.masks[0]
+        if s.fill_holes:
+            mask = ndimage.binary_fill_holes(mask)
+        labels_2d, _ = ndimage.label(mask)
+        near = ndimage.binary_dilation(coarse.in_crop(crop.side), iterations=2)
+        keep = np.unique(labels_2d[near & mask])
+        mask = np.isin(labels_2d, keep[keep > 0])
+        if not mask.any():
+            return None, 0.0
+        return mask, float(out.iou[0])
+
     def propagate(self, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
                   progress_span: tuple[float, float] = (0.1, 1.0), extents: dict | None = None) -> SliceMasks:
         """Follow the lesion from ``start_k`` up and down; return the crop masks per slice."""
@@ -333,6 +402,11 @@ class LesionPropagator:
                 done += 1
                 lo, hi = progress_span
                 self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
+                if s.encode_ahead > 0:  # the next slices encode in the background while this one decodes
+                    ahead = [k + direction * n for n in range(s.encode_ahead + 1)]
+                    if extents:
+                        ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
+                    self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
                 mask, score = self._step(k, crop, previous, positives, negatives)
                 reason = None
                 if mask is None:
@@ -355,6 +429,8 @@ class LesionPropagator:
                 largest = max(largest, area)
                 previous = mask
                 k += direction
+            if s.encode_ahead > 0:
+                self.predictor.cancel_prefetch()  # slices queued past where this direction stopped
         return result
 
 

@@ -38,6 +38,12 @@ def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
+def patient_group(case_id: str) -> str:
+    """Scans of one patient (STS_001_CT and STS_001_MR_T1) share a group: held out together in validation."""
+    parts = case_id.split("_")
+    return "_".join(parts[:2]) if case_id.startswith("STS_") and len(parts) >= 2 else case_id
+
+
 def load_cases(folder: Path | None = None) -> list[Case]:
     """Cases listed in ``folder/cases.json`` whose image and label files exist."""
     folder = folder or data_dir()

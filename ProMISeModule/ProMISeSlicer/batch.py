@@ -121,6 +121,7 @@ def segment_files(
     stopOnError: bool = False,
     scene=None,
     runtime: str = "torch",
+    prompts: str = "auto",
 ) -> list[dict]:
     """Segment each case and save ``<output folder>/<image name>.seg.nrrd``.
 
@@ -129,16 +130,18 @@ def segment_files(
     markups file (``.mrk.json`` or ``.fcsv``), an N x 3 array of world coordinates (mm, RAS unless
     ``space`` says "lps") or a ``{label: xyz or [xyz, ...]}`` mapping. Points sharing a label make one
     segment named after it. Without ``outputFolder`` each file is saved beside its image.
-    ``model``, ``device`` and ``runtime`` ("torch" or "onnx") are passed to ``logic.segment``; one
-    engine serves every case.
+    ``model``, ``device``, ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "learned" or
+    "heuristic") are passed to ``logic.segment``; one engine serves every case.
 
     Every node a case loads is removed from the scene afterwards. Returns one dict per case:
-    ``image``, ``output`` (Path or None), ``segments`` ([(label, mL)]), ``summary``, ``error``
-    (None, or the message; with ``stopOnError`` the error is raised instead).
+    ``image``, ``output`` (Path or None), ``segments`` ([(label, mL)]), ``summary``, ``method`` (how
+    the engine prompted the model), ``error`` (None, or the message; with ``stopOnError`` the error is
+    raised instead).
     """
-    from .logic import checkRuntime
+    from .logic import checkPrompts, checkRuntime
 
-    checkRuntime(runtime)  # a bad runtime is refused once, not reported for every case
+    checkRuntime(runtime)  # a bad runtime or prompts is refused once, not reported for every case
+    checkPrompts(prompts)
     scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
     if scene is None:
         raise InvalidInputError("no MRML scene: run inside Slicer or pass scene=")
@@ -146,7 +149,7 @@ def segment_files(
     reports = []
     for n, case in enumerate(cases):
         added: list = []
-        report = {"image": None, "output": None, "segments": [], "summary": "", "error": None}
+        report = {"image": None, "output": None, "segments": [], "summary": "", "method": "", "error": None}
         try:
             parsed = _parse_case(case)
             image = parsed["image"]
@@ -168,10 +171,10 @@ def segment_files(
                     progressCallback((n + fraction) / len(cases), f"{stem} ({n + 1}/{len(cases)}): {message}")
 
             run = logic.segment(volume, positives, None, negatives, model=model, device=device,
-                                progressCallback=progress, runtime=runtime)
+                                progressCallback=progress, runtime=runtime, prompts=prompts)
             added.append(run.segmentationNode)
             save_segmentation(scene, run.segmentationNode, output, added)
-            report.update(output=output, summary=run.summary(),
+            report.update(output=output, summary=run.summary(), method=run.method,
                           segments=[(o.label, o.volume_ml) for o in run.objects])
         except ProMISeError as error:
             if stopOnError:

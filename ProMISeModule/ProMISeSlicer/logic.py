@@ -10,6 +10,8 @@ Console use::
     run = logic.segment(volumeNode, pointsNode)          # one segment per fiducial label
     print(run.summary())
     run = logic.segment(volumeNode, pointsNode, runtime="onnx")  # the same with ONNX Runtime
+    run = logic.segment(volumeNode, pointsNode, prompts="heuristic")  # rule-based box prompts
+    print(run.method)                                    # which prompts ran, e.g. "heuristic box prompts"
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ ATTR_VOLUME = "ProMISe.VolumeNodeID"
 #: Inference runtimes the engine offers (``ProMISeLib.engine.Segmenter(runtime=...)``).
 RUNTIMES = ("torch", "onnx")
 
+#: How a click becomes per-slice box prompts (``ProMISeLib.engine.PROMPT_MODES``; repeated here so
+#: that importing the logic imports no torch): the engine's choice, its learned prompter, or the
+#: rule-based (heuristic) box search.
+PROMPT_MODES = ("auto", "learned", "heuristic")
+
 
 @dataclass
 class SegmentedObject:
@@ -82,17 +89,25 @@ class SegmentRun:
     model: str = ""
     device: str = ""
     runtime: str = ""
+    prompts: str = ""  # what was asked for ("auto", "learned", "heuristic"); :attr:`method` says what ran
 
     @property
     def messages(self) -> list[str]:
         return [f"{o.label}: {m}" for o in self.objects for m in o.messages]
 
+    @property
+    def method(self) -> str:
+        """How the engine prompted the model, e.g. "learned prompts (NAME)" or "heuristic box prompts"."""
+        methods = [str(getattr(o.result, "method", "") or "") for o in self.objects]
+        return "; ".join(dict.fromkeys(m for m in methods if m))
+
     def summary(self) -> str:
-        """One line for the status bar: segments, mL each, time, and the engine's warnings."""
+        """One line for the status bar: segments, mL each, time, model, device, method and the engine's warnings."""
         parts = [f"{o.label} {o.volume_ml:.2f} mL" for o in self.objects]
         text = f"{', '.join(parts)} in {self.elapsed_s:.1f} s"
-        if self.device:
-            text += f" [{self.model}, {self.device}]"
+        facts = [fact for fact in (self.model if self.device else "", self.device, self.method) if fact]
+        if facts:
+            text += f" [{', '.join(facts)}]"
         if self.messages:
             text += " - " + "; ".join(self.messages)
         return text
@@ -105,6 +120,24 @@ def checkRuntime(runtime: str) -> str:
     return runtime
 
 
+def checkPrompts(prompts: str) -> str:
+    """``prompts`` if the engine offers it ("auto", "learned" or "heuristic"), else InvalidInputError."""
+    if prompts not in PROMPT_MODES:
+        raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
+    return prompts
+
+
+@dataclass(frozen=True)
+class ModelNotes:
+    """What the panel tells about a model beyond the registry's list."""
+
+    name: str
+    volume3d: bool  # a whole-volume ProMISe 3D model: slow on a CPU, no negative clicks, no box prompts
+    addedByHand: bool  # its checkpoint is downloaded by hand from ``page`` and added (not downloadable)
+    page: str = ""
+    sourceHint: str = ""  # the file to download from ``page``
+
+
 def default_model() -> str:
     from ProMISeLib.models.registry import DEFAULT_MODEL
 
@@ -112,7 +145,7 @@ def default_model() -> str:
 
 
 class ProMISeModuleLogic(_LogicBase):
-    """Segments from fiducials, with an undo stack and one cached engine per (model, device, runtime).
+    """Segments from fiducials, with an undo stack and one cached engine per (model, device, runtime, prompts).
 
     The engine (and its embedding cache) is kept between calls, so re-running after moving a
     fiducial on the same volume reuses the image embeddings. Nothing is imported from torch or
@@ -122,31 +155,33 @@ class ProMISeModuleLogic(_LogicBase):
     def __init__(self, segmenterFactory: Callable | None = None):
         if _LogicBase is not object:
             _LogicBase.__init__(self)
-        #: ``factory(model=..., device=..., runtime=...)`` returning an object with the engine's
-        #: ``segment`` method; ``None`` means ``ProMISeLib.engine.Segmenter``.
+        #: ``factory(model=..., device=..., runtime=..., prompts=...)`` returning an object with the
+        #: engine's ``segment`` method; ``None`` means ``ProMISeLib.engine.Segmenter``.
         self.segmenterFactory = segmenterFactory
         self.undoStack = UndoStack()
         self._segmenter = None
-        self._segmenterKey: tuple[str, str, str] | None = None
+        self._segmenterKey: tuple[str, str, str, str] | None = None
         self._cancelRequested = False
         self._busy = False
         self._lastArray: tuple | None = None
 
     # --- engine -------------------------------------------------------------------------------
-    def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "torch"):
-        """The cached engine for (model, device, runtime), made on first use.
+    def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "torch",
+                     prompts: str = "auto"):
+        """The cached engine for (model, device, runtime, prompts), made on first use.
 
-        One engine is kept: asking for another model, device or runtime replaces it (and its caches).
+        One engine is kept: asking for another model, device, runtime or prompts replaces it (and its caches).
         """
         model = model or default_model()
         runtime = checkRuntime(runtime)
-        key = (model, device, runtime)
+        prompts = checkPrompts(prompts)
+        key = (model, device, runtime, prompts)
         if self._segmenter is None or self._segmenterKey != key:
             factory = self.segmenterFactory
             if factory is None:
                 from ProMISeLib.engine import Segmenter as factory
             self._segmenter = None  # drop the previous engine and its caches before making the next
-            self._segmenter = factory(model=model, device=device, runtime=runtime)
+            self._segmenter = factory(model=model, device=device, runtime=runtime, prompts=prompts)
             self._segmenterKey = key
         return self._segmenter
 
@@ -208,6 +243,7 @@ class ProMISeModuleLogic(_LogicBase):
         pointIndices: Sequence[int] | None = None,
         cancelCallback: Callable[[], bool] | None = None,
         runtime: str = "torch",
+        prompts: str = "auto",
     ) -> SegmentRun:
         """Segment the object under each positive fiducial of ``pointsNode`` in ``volumeNode``.
 
@@ -228,7 +264,13 @@ class ProMISeModuleLogic(_LogicBase):
         - ``runtime`` is "torch" (PyTorch, the default) or "onnx" (ONNX Runtime: the model is exported
           to ONNX into the cache on first use, box-prompted models such as LiteMedSAM only; it runs on
           CUDA when ONNX Runtime can, else on the CPU, and then says so in the result's messages).
-          The logic keeps one engine per (model, device, runtime) and reuses it while they stay the same.
+        - ``prompts`` says how a click becomes per-slice box prompts for a box-trained model such as
+          LiteMedSAM: "learned" (the prompter network shipped with the engine), "heuristic" (the
+          rule-based box search) or "auto" (the default: learned where the shipped prompter is marked
+          better, else heuristic). The run's :attr:`SegmentRun.method` (and its summary) says which ran.
+          ProMISe 3D models take no box prompts and ignore it.
+          The logic keeps one engine per (model, device, runtime, prompts) and reuses it while they stay
+          the same.
 
         Returns a :class:`SegmentRun`; raises a ``ProMISeLib.errors.ProMISeError`` subclass with a
         message fit for the user on bad input, an empty result or a cancel. One call is one undo step.
@@ -236,18 +278,19 @@ class ProMISeModuleLogic(_LogicBase):
         if self._busy:
             raise InvalidInputError("a segmentation is already running; wait for it or cancel it")
         runtime = checkRuntime(runtime)
+        prompts = checkPrompts(prompts)
         self._busy = True
         self._cancelRequested = False
         try:
             return self._segment(
                 volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                progressCallback, pointIndices, cancelCallback, runtime,
+                progressCallback, pointIndices, cancelCallback, runtime, prompts,
             )
         finally:
             self._busy = False
 
     def _segment(self, volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                 progressCallback, pointIndices, cancelCallback, runtime) -> SegmentRun:
+                 progressCallback, pointIndices, cancelCallback, runtime, prompts) -> SegmentRun:
         started = time.perf_counter()
         # 1. check everything before any work or any change to the scene
         array, geometry = self._volumeArray(volumeNode)
@@ -275,7 +318,7 @@ class ProMISeModuleLogic(_LogicBase):
 
         # 2. run the engine for every object; nothing is written yet
         model = model or default_model()
-        segmenter = self.getSegmenter(model, device, runtime)
+        segmenter = self.getSegmenter(model, device, runtime, prompts)
         negative_ras = np.array([p.ras for p in negatives]) if negatives else None
 
         def cancelled() -> bool:
@@ -309,6 +352,7 @@ class ProMISeModuleLogic(_LogicBase):
         run.elapsed_s = time.perf_counter() - started
         run.model = model
         run.runtime = runtime
+        run.prompts = prompts
         run.device = str(getattr(results[-1][2], "device", device)) if results else device
         if progressCallback is not None:
             progressCallback(1.0, run.summary())
@@ -402,16 +446,18 @@ class ProMISeModuleLogic(_LogicBase):
         stopOnError: bool = False,
         scene=None,
         runtime: str = "torch",
+        prompts: str = "auto",
     ) -> list[dict]:
         """Segment image files with their point lists and save one ``.seg.nrrd`` per image.
 
-        See :func:`ProMISeSlicer.batch.segment_files` for the case format; ``model``, ``device`` and
-        ``runtime`` ("torch" or "onnx") are as for :meth:`segment`.
+        See :func:`ProMISeSlicer.batch.segment_files` for the case format; ``model``, ``device``,
+        ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "learned" or "heuristic") are as for
+        :meth:`segment`.
         """
         from .batch import segment_files
 
         return segment_files(self, cases, outputFolder, model, device, progressCallback, stopOnError, scene,
-                             runtime=runtime)
+                             runtime=runtime, prompts=prompts)
 
     # --- models -------------------------------------------------------------------------------
     @staticmethod
@@ -429,6 +475,31 @@ class ProMISeModuleLogic(_LogicBase):
         from ProMISeLib.weights import download_weights
 
         return download_weights(get_model_spec(name).weights, progress=progressCallback, cancel=cancelCallback)
+
+    @staticmethod
+    def modelNotes(name: str | None) -> ModelNotes:
+        """Is ``name`` (None: the default) a ProMISe 3D model; is it added by hand, and from where."""
+        from ProMISeLib.models.registry import VOLUME3D, get_model_spec
+        from ProMISeLib.weights import weights_file
+
+        spec = get_model_spec(name or default_model())
+        entry = weights_file(spec.weights)
+        return ModelNotes(spec.name, spec.kind == VOLUME3D, bool(entry.added and entry.remote is None),
+                          entry.page, entry.source_hint)
+
+    def addModelCheckpoint(self, name: str, path: str | Path) -> Path:
+        """Install a checkpoint downloaded by hand (ProMISe 3D), as ``promise weights add NAME PATH`` does.
+
+        The released file is read safely (tensors only), checked against the architecture and converted
+        into the weights cache with its description; returns the installed file. An engine holding
+        that model is dropped, so the next run loads the new weights.
+        """
+        from ProMISeLib.models.registry import add_model_weights
+
+        installed = add_model_weights(name, Path(path).expanduser())
+        if self._segmenterKey is not None and self._segmenterKey[0] == name:
+            self.releaseSegmenter()
+        return installed
 
     def removeDownloadedModels(self) -> list[Path]:
         """Delete downloaded weights (never files shipped in packages or pointed to by the user)."""

@@ -222,14 +222,17 @@ class FakeSegmenter:
     It maps the prompt points with the engine's geometry (so a wrong point handed over by the logic
     lands on a wrong voxel) and returns either a ball of ``radius_mm`` around the first point or,
     with ``label=``, the labelled structure under the point (an oracle, to check the write-back).
-    It records the ``runtime`` it was made for, as the engine does.
+    It records the ``runtime`` and ``prompts`` it was made for, as the engine does, and names in its
+    results' ``method`` the prompts that "ran" (the engine's wording).
     """
 
     instances: list = []
+    METHODS = {"heuristic": "heuristic box prompts", "learned": "learned prompts (fake-prompter)",
+               "auto": "learned prompts (fake-prompter)"}
 
     def __init__(self, model="fake", device="cpu", runtime="torch", radius_mm=8.0, label=None, empty=False,
-                 fail_on_call=None):
-        self.model, self.device, self.runtime = model, device, runtime
+                 fail_on_call=None, prompts="auto"):
+        self.model, self.device, self.runtime, self.prompts = model, device, runtime, prompts
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
         self.calls = []
         FakeSegmenter.instances.append(self)
@@ -265,8 +268,8 @@ class FakeSegmenter:
             mask[np.linalg.norm(lps - centre, axis=-1) <= self.radius_mm] = 1
         if progress is not None:
             progress(1.0, "fake engine done")
-        return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, "fake", self.model, self.device,
-                                  messages=["fake weak result"] if self.empty else [])
+        return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
+                                  self.device, messages=["fake weak result"] if self.empty else [])
 
 
 def resample_like(image, geometry) -> np.ndarray:
@@ -281,10 +284,11 @@ def resample_like(image, geometry) -> np.ndarray:
 def fake_factory(**options):
     """A ``segmenterFactory`` for the logic that makes :class:`FakeSegmenter` objects.
 
-    Like ``ProMISeLib.engine.Segmenter`` it takes ``runtime`` (required here, so a logic that forgets
-    to pass it fails).
+    Like ``ProMISeLib.engine.Segmenter`` it takes ``runtime`` and ``prompts`` (required here, so a logic
+    that forgets to pass them fails).
     """
-    return lambda model, device, runtime: FakeSegmenter(model=model, device=device, runtime=runtime, **options)
+    return lambda model, device, runtime, prompts: FakeSegmenter(model=model, device=device, runtime=runtime,
+                                                                 prompts=prompts, **options)
 
 
 # --- data -------------------------------------------------------------------------------------

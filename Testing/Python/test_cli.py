@@ -126,3 +126,15 @@ def test_output_that_cannot_be_written(tmp_path, capsys):
         locked.mkdir(mode=0o500)
         _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--output",
                                            str(locked / "m.nii.gz")], "not writable")
+
+
+def test_models_listing_is_aligned_for_the_longest_name(capsys):
+    from ProMISeLib.models.registry import MODELS
+
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert set(lines) == set(MODELS)
+    assert max(len(name) for name in MODELS) > 12  # promise-pancreas: wider than the old 12-character column
+    sizes = {line.index(" MB") for line in lines.values()}
+    titles = {line.index(MODELS[name].title) for name, line in lines.items()}
+    assert len(sizes) == 1 and len(titles) == 1, "\n".join(lines.values())

@@ -121,7 +121,8 @@ def test_module_cmake_builds_a_scripted_module_with_tests_and_resources():
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
     assert set(resources) == {"Resources/Icons/ProMISeModule.png", "Resources/UI/ProMISeModule.ui",
-                              "Resources/requirements.txt"}
+                              "Resources/requirements.txt", "ProMISeLib/assets/litemedsam-prompter.json",
+                              "ProMISeLib/assets/litemedsam-prompter.safetensors"}
     for resource in resources:
         assert (MODULE / resource).is_file(), resource
     # every resource the code asks for is listed
@@ -181,6 +182,14 @@ def ui_widgets() -> dict[str, ET.Element]:
     return {w.get("name"): w for w in root.iter("widget")}
 
 
+def _property(widget: ET.Element, name: str) -> str | None:
+    """The text of a widget's property (string, bool or enum), or None."""
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return "".join(prop.itertext()).strip()
+    return None
+
+
 def test_every_widget_the_code_uses_exists_in_the_ui_file():
     used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text()))
     assert {"segmentButton", "cancelButton", "undoButton", "progressBar", "statusLabel"} <= used
@@ -198,6 +207,18 @@ def test_ui_offers_what_the_issue_asks_for():
     runtime_tip = next(p.findtext("string") for p in widgets["runtimeComboBox"].findall("property")
                        if p.get("name") == "toolTip")
     assert "ONNX Runtime" in runtime_tip and "PyTorch" in runtime_tip
+    # how a click becomes box prompts; ProMISe 3D models: their warning and the add-by-hand flow
+    assert classes["promptsComboBox"] == "QComboBox" and classes["promptsLabel"] == "QLabel"
+    prompts_tip = _property(widgets["promptsComboBox"], "toolTip")
+    assert all(word in prompts_tip for word in ("Learned", "Rule-based", "Auto", "status line"))
+    assert classes["modelWarningLabel"] == classes["manualModelLabel"] == "QLabel"
+    assert _property(widgets["modelWarningLabel"], "wordWrap") == "true"
+    assert _property(widgets["manualModelLabel"], "openExternalLinks") == "true"  # the download page opens
+    assert classes["addCheckpointButton"] == "QPushButton"
+    assert _property(widgets["addCheckpointButton"], "text") == "Add checkpoint…"
+    assert _property(widgets["addCheckpointButton"], "enabled") == "false"  # until a hand-added model is chosen
+    models_section = widgets["modelsCollapsibleButton"]
+    assert {"manualModelLabel", "addCheckpointButton"} <= {w.get("name") for w in models_section.iter("widget")}
     assert classes["progressBar"] == "QProgressBar" and classes["statusLabel"] == "QLabel"
     assert classes["autoUpdateCheckBox"] == "QCheckBox" and classes["removeModelsButton"] == "QPushButton"
     # widgets bound to the parameter node name real fields of ProMISeModuleParameterNode

@@ -349,3 +349,124 @@ def test_model_buttons(widget, module, monkeypatch):
     assert widget.downloadModel("sam_vit_b")
     assert calls == [("sam_vit_b", False)] and not module.ui.downloadProgressBar.visible
     assert "Downloaded sam_vit_b" in module.ui.statusLabel.text
+
+
+def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widget, module):
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    assert ui.promptsComboBox.items == [("Auto", "auto"), ("Learned", "learned"), ("Rule-based", "heuristic")]
+    assert ui.promptsComboBox.currentData == "auto" and parameters.prompts == "auto"
+    assert ui.promptsComboBox.slots["currentIndexChanged(int)"] == [widget.onPromptsChanged]
+
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
+    widget.onSegmentButton()
+    assert FakeSegmenter.instances[-1].prompts == "auto"
+    assert "learned prompts (fake-prompter)" in ui.statusLabel.text, ui.statusLabel.text
+
+    ui.promptsComboBox.currentIndex = 2  # the user picks Rule-based
+    widget.onPromptsChanged()
+    assert parameters.prompts == "heuristic"  # saved with the scene
+    widget.onSegmentButton()
+    engine = FakeSegmenter.instances[-1]
+    assert engine.prompts == "heuristic" and len(engine.calls) == 1
+    assert "lesion" in ui.statusLabel.text and "heuristic box prompts" in ui.statusLabel.text, ui.statusLabel.text
+    assert module.messages["status"][-1] == ui.statusLabel.text and module.messages["errors"] == []
+
+    ui.promptsComboBox.currentIndex = 0  # a saved choice is shown again when the parameter node is set
+    widget.setParameterNode(parameters)
+    assert ui.promptsComboBox.currentData == "heuristic"
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("PROMISE_WEIGHTS_PROMISE_COLON", "PROMISE_WEIGHTS_PROMISE_PANCREAS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _select_model(widget, module, name):
+    module.ui.modelComboBox.currentIndex = module.ui.modelComboBox.findData(name)
+    widget.onModelChanged()
+
+
+def test_a_3d_model_is_added_by_hand_and_warns_about_the_cpu(private_cache, widget, module):
+    from ProMISeLib.models.promise3d.config import DOWNLOAD_PAGE, PRESETS
+
+    ui = module.ui
+    widget.populateModels()
+    text = next(t for t, d in ui.modelComboBox.items if d == "promise-colon")
+    assert "add by hand" in text
+    states = {item.data(32): ui.modelsTable.rows[(row, 1)].text
+              for (row, column), item in ui.modelsTable.rows.items() if column == 0}
+    assert states["promise-colon"] == "no (add by hand)" and states["sam_vit_b"] == "no"
+    assert ui.modelWarningLabel.text == "" and ui.promptsComboBox.enabled and not ui.addCheckpointButton.enabled
+    assert ui.manualModelLabel.text == ""
+
+    _select_model(widget, module, "promise-colon")
+    assert widget._parameterNode.model == "promise-colon"
+    warning = ui.modelWarningLabel.text
+    assert "CPU" in warning and "minute" in warning and "GPU takes seconds" in warning
+    assert "negative" in warning and "not used" in warning
+    assert not ui.promptsComboBox.enabled  # a 3D model takes no box prompts
+    assert ui.addCheckpointButton.enabled
+    help_text = ui.manualModelLabel.text
+    assert DOWNLOAD_PAGE in help_text and PRESETS["promise-colon"].source_hint in help_text
+
+    # Segment with the model not added yet: the status says where to get it, the Models section opens
+    ui.modelsCollapsibleButton.collapsed = True
+    assert not module.module.ProMISeModuleWidget.ensureModel(widget, "promise-colon")
+    assert DOWNLOAD_PAGE in ui.statusLabel.text and "Add checkpoint" in ui.statusLabel.text
+    assert ui.statusLabel.styleSheet and not ui.modelsCollapsibleButton.collapsed
+
+    _select_model(widget, module, "litemedsam")
+    assert ui.modelWarningLabel.text == "" and ui.promptsComboBox.enabled and not ui.addCheckpointButton.enabled
+
+
+def test_add_checkpoint_button_adds_the_chosen_file(private_cache, widget, module, monkeypatch):
+    from ProMISeLib.errors import CheckpointError
+
+    ui = module.ui
+    chosen = {"path": "/downloads/colon_pretrain_promise.pth"}
+    dialogs = []
+
+    def open_file(parent, caption, directory, filters):
+        dialogs.append((caption, filters))
+        return chosen["path"]
+
+    monkeypatch.setattr(sys.modules["qt"], "QFileDialog", types.SimpleNamespace(getOpenFileName=open_file),
+                        raising=False)
+    monkeypatch.setattr(module.module.slicer.util, "mainWindow", lambda: None)
+    added, refreshed = [], []
+
+    def add(name, path):
+        added.append((name, path))
+        if name == "promise-pancreas":
+            raise CheckpointError(f"{path}: not a released ProMISe checkpoint")
+        return Path("/cache/weights") / f"{name}.safetensors"
+
+    monkeypatch.setattr(widget.logic, "addModelCheckpoint", add)
+    monkeypatch.setattr(widget, "populateModels", lambda: refreshed.append(True))
+    assert ui.addCheckpointButton.slots["clicked(bool)"] == [widget.onAddCheckpointButton]
+
+    _select_model(widget, module, "promise-colon")
+    widget.onAddCheckpointButton()
+    assert added == [("promise-colon", chosen["path"])] and refreshed
+    assert "promise-colon" in dialogs[0][0] and "*.pth" in dialogs[0][1]
+    assert ui.statusLabel.text == "Added promise-colon: /cache/weights/promise-colon.safetensors"
+
+    chosen["path"] = ""  # the user cancels the file dialog: nothing happens
+    widget.onAddCheckpointButton()
+    assert len(added) == 1
+
+    chosen["path"] = "/downloads/wrong.pth"
+    _select_model(widget, module, "promise-pancreas")
+    widget.onAddCheckpointButton()
+    assert added[-1] == ("promise-pancreas", "/downloads/wrong.pth")
+    assert "Could not add promise-pancreas" in ui.statusLabel.text and "not a released" in ui.statusLabel.text
+    assert ui.statusLabel.styleSheet
+
+    _select_model(widget, module, "sam_vit_b")  # a downloadable model is never "added"
+    widget.onAddCheckpointButton()
+    assert len(added) == 2 and "use Download" in ui.statusLabel.text

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..errors import CheckpointError, InvalidInputError
 from ..preprocess import InputScaling
 from ..weights import weights_file, weights_status
+from .promise3d.config import PRESETS, Promise3DPreprocessing
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from torch import nn
@@ -17,17 +18,36 @@ if TYPE_CHECKING:  # torch is imported only when a model is built
 DEFAULT_MODEL = "litemedsam"
 
 
+SLICE = "slice"
+VOLUME3D = "volume3d"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A segmentation backbone the engine can run."""
+    """A segmentation backbone the engine can run.
+
+    ``kind`` tells the engine how: ``"slice"`` models segment slice by slice (box prompts propagated
+    through the lesion, scaled by ``scaling``); ``"volume3d"`` models (ProMISe 3D) segment a whole
+    crop around the click in one pass, with their ``preprocessing``.
+    """
 
     name: str
     title: str
     weights: str
-    scaling: InputScaling
+    scaling: InputScaling | None
     build: Callable[[Path], nn.Module]
     bundled: bool = False  # weights ship with a package the engine installs
     point_prompts: bool = True  # False for box-trained models, where a click as a point prompt misleads
+    kind: str = SLICE
+    preprocessing: Promise3DPreprocessing | None = None  # volume3d models only
+    prompter: str | None = None  # learned prompter shipped for this backbone (ProMISeLib/assets/<name>.safetensors)
+
+    @property
+    def prompter_path(self) -> Path | None:
+        """The shipped learned-prompter weights, if this backbone has them."""
+        if self.prompter is None:
+            return None
+        return Path(__file__).resolve().parent.parent / "assets" / f"{self.prompter}.safetensors"
 
     @property
     def size_mb(self) -> float:
@@ -62,18 +82,32 @@ def _sam_builder(kind: str) -> Callable[[Path], nn.Module]:
     return build
 
 
+def _build_promise3d(path: Path) -> nn.Module:
+    from ..promise3d_checkpoint import load_promise3d
+
+    return load_promise3d(path).model
+
+
+def _promise3d_spec(name: str) -> ModelSpec:
+    preset = PRESETS[name]
+    return ModelSpec(name, f"{preset.title}; Li et al.; added by hand", name, None, _build_promise3d,
+                     kind=VOLUME3D, preprocessing=preset.preprocessing)
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px; bundled)", "lite_medsam",
                   InputScaling(256, "minmax"), _build_litemedsam, bundled=True,
-                  point_prompts=False),
+                  point_prompts=False, prompter="litemedsam-prompter"),
         ModelSpec("sam_vit_b", "SAM ViT-B (1024 px; 375 MB download)", "sam_vit_b",
                   InputScaling(1024, "meanstd"), _sam_builder("vit_b")),
         ModelSpec("sam_vit_l", "SAM ViT-L (1024 px; 1.2 GB download)", "sam_vit_l",
                   InputScaling(1024, "meanstd"), _sam_builder("vit_l")),
         ModelSpec("sam_vit_h", "SAM ViT-H (1024 px; 2.6 GB download)", "sam_vit_h",
                   InputScaling(1024, "meanstd"), _sam_builder("vit_h")),
+        _promise3d_spec("promise-colon"),
+        _promise3d_spec("promise-pancreas"),
     )
 }
 
@@ -96,9 +130,23 @@ def list_models() -> list[ModelInfo]:
     return infos
 
 
+def add_model_weights(name: str, path: str | Path) -> Path:
+    """Install weights downloaded by hand (``promise weights add``): convert them into the cache; returns the file."""
+    spec = get_model_spec(name)
+    if spec.kind != VOLUME3D:
+        raise InvalidInputError(f"{name} is downloaded, not added: `promise weights download {name}`")
+    from ..promise3d_checkpoint import convert_released_checkpoint
+
+    return convert_released_checkpoint(path, spec.weights)
+
+
 def check_model_weights(name: str) -> None:
     """Raise CheckpointError unless the model's weights are present."""
     spec = get_model_spec(name)
     installed, _ = weights_status(spec.weights)
     if not installed:
+        entry = weights_file(spec.weights)
+        if entry.added:
+            raise CheckpointError(f"{name}: weights not installed; download {entry.source_hint} from {entry.page} "
+                                  f"and run `promise weights add {name} PATH`")
         raise CheckpointError(f"{name}: weights not installed; run `promise weights download {name}`")

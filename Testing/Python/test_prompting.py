@@ -1,0 +1,244 @@
+"""The learned prompter (issue 6): network shapes, training, the weights card, and the engine's choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.preprocess import CropWindow
+from ProMISeLib.prompting.dataset import (
+    ExtractionSettings,
+    StructureSamples,
+    extract_structure,
+    load_samples,
+    save_samples,
+)
+from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map
+from ProMISeLib.prompting.pipeline import save_prompt_net
+from ProMISeLib.prompting.prompter import LearnedPrompter, load_prompt_net
+from ProMISeLib.prompting.train import SampleBank, TrainSettings, make_batch, train_prompt_net
+
+SMALL = PromptNetConfig(embed_dim=16, reduced_dim=8, width=8)
+
+
+def _disc(grid: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    rows, cols = np.mgrid[0:grid, 0:grid] + 0.5
+    return (((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) <= radius**2).astype(np.float32)
+
+
+def _synthetic_structure(seed: int, channels: int = 16) -> StructureSamples:
+    """A sphere-like structure whose embedding channel 0 shows it (so it is learnable), the rest noise."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(24, 40, 2)
+    slices = np.arange(0, 9)
+    radii = {k: max(0.0, 10 - 2.2 * abs(k - 4)) for k in range(-3, 12)}
+    targets = {k: _disc(64, tuple(centre), r) if r > 1 else np.zeros((64, 64), np.float32) for k, r in radii.items()}
+    embeddings = rng.normal(0, 1, (len(slices), channels, 64, 64)).astype(np.float16)
+    for p, k in enumerate(slices):
+        embeddings[p, 0] = (4 * targets[k] - 2).astype(np.float16)
+    return StructureSamples(
+        case_id=f"synthetic{seed}", structure="lesion", group=f"g{seed}", click_kji=(4, 0, 0), slices=slices,
+        embeddings=embeddings, targets=targets, context_embedding=embeddings[4], context_target=targets[4],
+        context_click=tuple(centre), roi_click=tuple(centre), extent=(1, 7),
+    )
+
+
+def test_network_shapes_and_size():
+    net = PromptNet()
+    out = net(torch.zeros(2, 256, 64, 64), torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
+    assert out.shape == (2, 1, 64, 64)
+    size_mb = sum(p.numel() * 4 for p in net.parameters()) / 1e6
+    assert size_mb < 5, "the prompter must stay small (a few MB)"
+
+
+def test_click_map_peaks_at_the_click():
+    bump = click_map([(10.5, 20.5)], sigma=1.5)
+    assert bump[10, 20] == pytest.approx(1.0) and bump.max() == pytest.approx(1.0)
+    assert bump[40, 40] < 1e-6
+    assert click_map([]).sum() == 0
+
+
+def test_batches_mix_roles_and_match_shapes():
+    bank = SampleBank([_synthetic_structure(0), _synthetic_structure(1)])
+    emb, prior, click, target = make_batch(bank, np.random.default_rng(0), TrainSettings(batch_size=32), 1.5)
+    assert emb.shape == (32, 16, 64, 64) and prior.shape == click.shape == target.shape == (32, 1, 64, 64)
+    has_click = click.flatten(1).amax(1) > 0.5
+    has_prior = prior.flatten(1).amax(1) > 0.5
+    assert has_click.any() and has_prior.any()
+    assert not (has_click & has_prior).any(), "a slice gets either the click or the neighbour's mask"
+
+
+def test_training_lowers_the_loss_and_touches_only_the_prompter():
+    structures = [_synthetic_structure(s) for s in range(3)]
+    settings = TrainSettings(iterations=80, batch_size=8, lr=5e-3)
+    torch.manual_seed(0)
+    net, losses = train_prompt_net(structures, settings, SMALL)
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])
+    frozen = {name for name, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {"reduce.weight", "reduce.bias"}  # the channel projection is fitted (PCA), not trained
+    prompter = LearnedPrompter(net)
+    s = structures[0]
+    seed = prompter.seed(torch.from_numpy(s.embeddings[4].astype(np.float32))[None], 64,
+                         (int(s.roi_click[0]), int(s.roi_click[1])))
+    truth = s.targets[4] > 0.5
+    assert seed.box is not None
+    assert 2 * (seed.mask & truth).sum() / (seed.mask.sum() + truth.sum()) > 0.6
+
+
+def test_frozen_backbone_is_not_trained():
+    """Samples come from the frozen encoder under inference mode; its weights cannot change."""
+    from ProMISeLib.models.litemedsam import build_litemedsam
+    from ProMISeLib.weights import resolve_weights
+
+    model = build_litemedsam(resolve_weights("lite_medsam"))
+    assert not any(p.requires_grad for p in model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items() if "image_encoder.neck" in k}
+    from ProMISeLib.predictor import SlicePredictor
+    from ProMISeLib.preprocess import InputScaling
+
+    predictor = SlicePredictor(model, "litemedsam", InputScaling(256), torch.device("cpu"))
+    volume = np.zeros((6, 40, 40), np.float32)
+    volume[1:5, 12:28, 14:30] = 200
+    mask = volume > 100
+    samples = extract_structure("toy", "lesion", mask, volume, 1.0, predictor.embed,
+                                ExtractionSettings(past_end=1), organ=False)
+    net, _ = train_prompt_net([samples], TrainSettings(iterations=2, batch_size=2))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert samples.embeddings.shape[1:] == (256, 64, 64) and samples.embeddings.dtype == np.float16
+    assert list(samples.slices) == [0, 1, 2, 3, 4, 5], "lesion slices 1-4 plus one past each end"
+    assert samples.targets[0].max() == 0 and samples.targets[2].max() == 1
+
+
+def test_samples_round_trip(tmp_path):
+    s = _synthetic_structure(3)
+    save_samples([s], tmp_path / "x.npz")
+    (back,) = load_samples(tmp_path / "x.npz")
+    np.testing.assert_array_equal(back.embeddings, s.embeddings)
+    assert back.targets.keys() == s.targets.keys() and back.extent == s.extent
+
+
+def _saved_net(tmp_path) -> tuple:
+    net = PromptNet(SMALL)
+    path = save_prompt_net(net, tmp_path / "p.safetensors", {"name": "test-prompter", "default": True})
+    return net, path
+
+
+def test_weights_round_trip_with_card(tmp_path):
+    net, path = _saved_net(tmp_path)
+    loaded, card = load_prompt_net(path)
+    assert card["name"] == "test-prompter" and card["config"]["width"] == SMALL.width
+    x = (torch.randn(1, 16, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64))
+    torch.testing.assert_close(loaded(*x), net.eval()(*x))
+
+
+def test_corrupted_weights_are_refused(tmp_path):
+    _, path = _saved_net(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    shutil.copy(path.with_suffix(".json"), bad.with_suffix(".json"))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_prompt_net(bad)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    card = json.loads(path.with_suffix(".json").read_text())
+    from ProMISeLib.download import sha256_of
+
+    card["sha256"] = sha256_of(garbage)
+    garbage.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_prompt_net(garbage)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_prompt_net(path)
+
+
+def test_wrong_configuration_is_refused(tmp_path):
+    _, path = _saved_net(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["config"]["width"] = 16
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError):
+        load_prompt_net(path)
+
+
+def test_prompter_box_covers_its_mask():
+    net = PromptNet(SMALL)
+    prompter = LearnedPrompter(net)
+    coarse = prompter._coarse(np.full((64, 64), 0.9), _disc(64, (32, 20), 6) > 0, side=128)
+    x0, y0, x1, y1 = coarse.box
+    assert (x0, y0) == (28, 52) and (x1, y1) == (52, 76)  # grid cells 14..25, 26..37 at 2 px per cell
+    crop = coarse.in_crop(128)
+    assert crop.shape == (128, 128) and crop[64, 40] and not crop[10, 10]
+    assert CropWindow.around((64, 64), 128).side == 128
+
+
+def test_engine_choice_of_prompts(tmp_path):
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.errors import InvalidInputError
+
+    assert Segmenter(device="cpu", prompts="heuristic").learned_prompter() is None
+    with pytest.raises(InvalidInputError):
+        Segmenter(device="cpu", prompts="magic")
+    with pytest.raises(CheckpointError):
+        missing = str(tmp_path / "none.safetensors")
+        Segmenter(device="cpu", prompts="learned", prompter_weights=missing).learned_prompter()
+    _, path = _saved_net(tmp_path)
+    chosen = Segmenter(device="cpu", prompts="learned", prompter_weights=str(path)).learned_prompter()
+    assert chosen is not None and chosen.name == "test-prompter"
+
+
+def _shipped_card() -> dict:
+    from ProMISeLib.models.registry import get_model_spec
+    from ProMISeLib.prompting.prompter import card_path
+
+    path = get_model_spec("litemedsam").prompter_path
+    assert path is not None and path.is_file(), "the learned prompter ships with the engine"
+    return json.loads(card_path(path).read_text())
+
+
+def test_shipped_prompter_card_records_its_validation():
+    card = _shipped_card()
+    assert card["backbone"] == "litemedsam" and card["config"]["embed_dim"] == 256
+    validation = card["validation"]
+    assert "by patient" in validation["scheme"]
+    per_scan = validation["end_to_end"]["per_scan"]
+    assert len(per_scan) >= 30 and all(r["fold"] for r in per_scan.values())
+    # every scan was scored by a fold that had not seen its patient
+    for case_id, row in per_scan.items():
+        held = validation["folds"][row["fold"].removesuffix(".safetensors")]
+        assert any(case_id == g or case_id.startswith(g + "_") for g in held), case_id
+    assert card["default"] == (validation["end_to_end"]["learned_mean_dice"]
+                               > validation["end_to_end"]["heuristic_mean_dice"])
+
+
+def test_auto_uses_the_learned_prompter_only_when_it_won():
+    from ProMISeLib.engine import Segmenter
+
+    chosen = Segmenter(device="cpu").learned_prompter()
+    assert (chosen is not None) == bool(_shipped_card()["default"])
+
+
+@pytest.mark.slow
+def test_shipped_prompter_reproduces_its_validation_dice(cases):
+    """The shipped file never saw these patients; re-running it must give the Dice its card records."""
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.metrics import dice
+    from ProMISeLib.sample_data import lesion_click
+    from ProMISeLib.volume_io import read_image, read_label
+
+    recorded = _shipped_card()["validation"]["shipped_file_validation"]
+    case_id = "STS_019_MR_T1" if "STS_019_MR_T1" in recorded else min(recorded)
+    case = cases[case_id]
+    volume, geometry = read_image(case.image)
+    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    result = Segmenter(device="cpu", prompts="learned").segment(volume, geometry, [lesion_click(truth)[::-1]],
+                                                                space="ijk")
+    assert result.method.startswith("learned prompts")
+    assert dice(result.mask, truth) == pytest.approx(recorded[case_id], abs=0.01)
