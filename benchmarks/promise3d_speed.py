@@ -24,20 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ProMISeModule"))
 
+from ProMISeLib.cli import peak_rss_mb  # noqa: E402
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux VmHWM), in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def build(reduced: bool, device: torch.device) -> tuple[torch.nn.Module, str]:

@@ -178,7 +178,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak resident memory. Linux's VmHWM, unlike ru_maxrss, excludes a parent's before exec."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -200,7 +200,7 @@ def _write_report(path: str, result) -> None:
         "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
         "engine_seconds": result.elapsed_s, "encoded_slices": result.encoded_slices, "model": result.model,
         "device": result.device, "runtime": result.runtime, "method": result.method, "messages": result.messages,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(facts, indent=1)))
 

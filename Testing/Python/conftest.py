@@ -19,4 +19,15 @@ def cases() -> dict[str, Case]:
     return found
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small models: on a shared 2-core machine two threads spin-wait."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 centre_click = lesion_click  # the benchmarks' click rule, shared by the tests

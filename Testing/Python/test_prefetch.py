@@ -15,13 +15,7 @@ from ProMISeLib.preprocess import CropWindow, InputScaling
 SIDE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: torch's default two threads spin-wait on small ops."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingBackend:

@@ -15,13 +15,7 @@ from ProMISeLib.models.registry import list_models
 from ProMISeLib.weights import resolve_weights, sidecar_path
 from safetensors import safe_open
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -22,12 +22,7 @@ BOX = (slice(10, 15), slice(14, 27), slice(16, 31))  # (k, j, i): 10 x 9 x 13.5 
 CLICK = (12, 18, 20)  # (k, j, i), inside the box
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rotation(axis, degrees: float) -> np.ndarray:

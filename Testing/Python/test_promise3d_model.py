@@ -16,13 +16,7 @@ from ProMISeLib.settings import REPO_ROOT, data_dir
 KEYS_FILE = "promise-li-checkpoint-keys.txt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The reduced model is tiny: one thread is fastest, and spares the machine's other users."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def released_keys() -> dict[str, tuple[int, ...]]:

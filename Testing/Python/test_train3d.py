@@ -30,13 +30,7 @@ COLON = PRESETS["promise-colon"].preprocessing
 REDUCED = Promise3DConfig.reduced()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from two, and on a busy shared CPU two spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ class ConvBN(nn.Sequential):
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor (SAM's ``LayerNorm2d``)."""
+    """LayerNorm over the channel axis of an (N, C, *spatial) tensor (SAM's ``LayerNorm2d``, and its 3D form)."""
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -57,7 +57,8 @@ class ChannelLayerNorm(nn.Module):
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        shape = (-1,) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
 
 
 class Stem(nn.Module):

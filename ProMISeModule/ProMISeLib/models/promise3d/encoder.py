@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiny_vit import ChannelLayerNorm
 from .config import Promise3DConfig
 
 StepCallback = Callable[[int, int], None]
@@ -63,20 +64,7 @@ class Adapter(nn.Module):
         return x + out
 
 
-class LayerNorm3d(nn.Module):
-    """Channel LayerNorm of a (B, C, X, Y, Z) tensor."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+LayerNorm3d = ChannelLayerNorm  # channel LayerNorm of a (B, C, X, Y, Z) tensor
 
 
 # --- windows --------------------------------------------------------------------------------
