@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompting.add_argument("--output", required=True, help="folder for the weights, their card and the folds")
     prompting.add_argument("--data", default=None, help="labelled scans with cases.json (default: PROMISE_DATA_DIR)")
     prompting.add_argument("--cache", default=None, help="where the frozen embeddings are cached")
-    prompting.add_argument("--folds", type=int, default=6,
+    prompting.add_argument("--folds", type=int, default=19,
                            help="cross-validation folds by patient (0: none; the number of patients or more: "
                                 "leave one patient out)")
     prompting.add_argument("--iterations", type=int, default=600)

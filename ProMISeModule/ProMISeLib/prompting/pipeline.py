@@ -37,7 +37,7 @@ MessageFn = Callable[[str], None]
 class PipelineSettings:
     """What to train and validate."""
 
-    folds: int = 6  # patients dealt into this many held-out sets (0: no validation; >= patients: leave one out)
+    folds: int = 19  # patients dealt into this many held-out sets (0: no validation; >= patients: leave one out)
     reference_group: str = "STS_019"
     backbone: str = "litemedsam"
     name: str = "litemedsam-prompter"
