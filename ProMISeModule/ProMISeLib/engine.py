@@ -11,6 +11,7 @@ same lesion (a refinement click, a moved fiducial) runs only the cheap decoder.
 
 from __future__ import annotations
 
+import json
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -53,6 +54,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise InvalidInputError(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
+def check_prompts(prompts: str) -> str:
+    """``prompts`` if it is a prompt mode the engine offers, else an InvalidInputError naming them."""
+    if prompts not in PROMPT_MODES:
+        raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
+    return prompts
+
+
 class Segmenter:
     """A loaded model plus its embedding cache; call :meth:`segment` as often as needed."""
 
@@ -69,11 +77,10 @@ class Segmenter:
         validation), else heuristic.
         """
         self.spec = get_model_spec(model)
-        if prompts not in PROMPT_MODES:
-            raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
-        self.prompts = prompts
+        self.prompts = check_prompts(prompts)
         self.prompter_weights = prompter_weights
         self._prompter = None
+        self._prompter_resolved = False
         if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"unknown runtime {runtime!r}; use torch or onnx")
         if self.spec.kind == VOLUME3D and runtime != "torch":
@@ -128,23 +135,37 @@ class Segmenter:
         return self._predictor
 
     def learned_prompter(self):
-        """The learned prompter this segmenter uses (loaded once, hash-checked), or None for the heuristic."""
+        """The learned prompter this segmenter uses (loaded once, hash-checked), or None for the heuristic.
+
+        The choice is made once per segmenter, so a segment() call never re-reads the weights.
+        """
         if self.prompts == "heuristic" or self.spec.kind != "slice":
             return None
-        if self._prompter is None:
-            from .prompting.prompter import LearnedPrompter
-
-            path = self.prompter_weights or self.spec.prompter_path
-            if path is None or not Path(path).is_file():
-                if self.prompts == "learned":
-                    raise CheckpointError(f"{self.spec.name}: no learned prompter weights "
-                                          f"({path or 'none shipped for this model'})")
-                return None
-            prompter = LearnedPrompter.from_file(Path(path))
-            if self.prompts == "auto" and self.prompter_weights is None and not prompter.card.get("default"):
-                return None
-            self._prompter = prompter
+        if not self._prompter_resolved:
+            self._prompter = self._load_prompter()
+            self._prompter_resolved = True
         return self._prompter
+
+    def _load_prompter(self):
+        from .prompting.prompter import LearnedPrompter, card_path
+
+        path = self.prompter_weights or self.spec.prompter_path
+        if path is None or not Path(path).is_file():
+            if self.prompts == "learned":
+                raise CheckpointError(f"{self.spec.name}: no learned prompter weights "
+                                      f"({path or 'none shipped for this model'})")
+            return None
+        if self.prompts == "auto" and self.prompter_weights is None:
+            try:  # the card alone says whether the shipped prompter won its validation
+                default = json.loads(card_path(Path(path)).read_text()).get("default")
+            except (OSError, ValueError):
+                default = None  # a missing or broken card is reported by the loader below
+            if default is False:
+                return None
+        prompter = LearnedPrompter.from_file(Path(path))
+        if self.prompts == "auto" and self.prompter_weights is None and not prompter.card.get("default"):
+            return None
+        return prompter
 
     def _onnx_backend(self):
         """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""

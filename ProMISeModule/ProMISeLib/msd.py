@@ -76,6 +76,14 @@ def case_id(path: str | Path) -> str:
     return name
 
 
+def _read_json(path: Path):
+    """A JSON file's content, or a one-line InvalidInputError."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: cannot be read as JSON ({exc})") from exc
+
+
 def read_dataset_json(root: str | Path) -> dict:
     """The parsed ``dataset.json`` of an MSD folder, with one-line errors when it is missing or broken."""
     root = Path(root).expanduser()
@@ -84,10 +92,7 @@ def read_dataset_json(root: str | Path) -> dict:
     manifest = root / "dataset.json"
     if not manifest.is_file():
         raise InvalidInputError(f"{root}: no dataset.json; not an MSD task folder")
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{manifest}: cannot be read as JSON ({exc})") from exc
+    data = _read_json(manifest)
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):
         raise InvalidInputError(f"{manifest}: has no 'training' list")
     return data
@@ -98,10 +103,7 @@ def load_splits(path: str | Path, task: str) -> dict[str, list[str]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such split file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: cannot be read as JSON ({exc})") from exc
+    data = _read_json(path)
     if isinstance(data, dict) and task in data and isinstance(data[task], dict):
         data = data[task]
     if not isinstance(data, dict) or not any(isinstance(data.get(s), list) for s in ("train", "val", "test")):

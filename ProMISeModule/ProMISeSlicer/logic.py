@@ -122,9 +122,9 @@ def checkRuntime(runtime: str) -> str:
 
 def checkPrompts(prompts: str) -> str:
     """``prompts`` if the engine offers it ("auto", "learned" or "heuristic"), else InvalidInputError."""
-    if prompts not in PROMPT_MODES:
-        raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
-    return prompts
+    from ProMISeLib.engine import check_prompts
+
+    return check_prompts(prompts)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,18 @@ def cases() -> dict[str, Case]:
     return found
 
 
+@pytest.fixture(scope="session")
+def brain(cases):
+    """brain1 as (volume, geometry, tumour mask), read once."""
+    import numpy as np
+    from ProMISeLib.volume_io import read_image, read_label
+
+    case = cases["brain1"]
+    volume, geometry = read_image(case.image)
+    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    return volume, geometry, truth
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of small models: on a shared 2-core machine two threads spin-wait."""

@@ -11,7 +11,6 @@ from conftest import centre_click
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.volume_io import read_image, read_label
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -24,14 +23,6 @@ def export_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     export_onnx("litemedsam", out)
     return out
-
-
-@pytest.fixture(scope="module")
-def brain(cases):
-    case = cases["brain1"]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
-    return volume, geometry, truth
 
 
 def test_manifest_records_hashes_and_preprocessing(export_dir):

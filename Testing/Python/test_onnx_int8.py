@@ -13,7 +13,6 @@ from ProMISeLib.download import sha256_of
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError, InvalidInputError
 from ProMISeLib.preprocess import CropWindow, InputScaling, normalize_intensities
-from ProMISeLib.volume_io import read_image, read_label
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -29,14 +28,6 @@ def export_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_int8")
     export_onnx("litemedsam", out, int8=True)
     return out
-
-
-@pytest.fixture(scope="module")
-def brain(cases):
-    case = cases["brain1"]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
-    return volume, geometry, truth
 
 
 def fp32_only(export_dir, target):

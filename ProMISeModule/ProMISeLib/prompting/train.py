@@ -13,7 +13,6 @@ network learns to follow an imperfect mask, like the one the frozen decoder retu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -262,9 +261,3 @@ def rollout_dice(net: PromptNet, s: StructureSamples) -> float:
         inter += np.count_nonzero(truth & pred)
         total += np.count_nonzero(truth) + np.count_nonzero(pred)
     return 2 * inter / total if total else 1.0
-
-
-def timed(fn, *args, **kwargs):
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - started
