@@ -32,7 +32,8 @@ __all__ = ["ProMISeModule", "ProMISeModuleLogic", "ProMISeModuleTest", "ProMISeM
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 RUNTIMES = (("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
-PROMPTS = (("auto", "Auto"), ("learned", "Learned"), ("heuristic", "Rule-based"))
+PROMPTS = (("auto", "Auto"), ("fused", "Fused (rules ranked by the network)"), ("learned", "Learned"),
+           ("heuristic", "Rule-based"))
 
 
 class ProMISeModule(ScriptedLoadableModule):

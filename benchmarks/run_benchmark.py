@@ -18,6 +18,11 @@ patient (``promise train-prompting`` writes the folds), beside an earlier heuris
 
     python benchmarks/run_benchmark.py --prompter-folds OUT/folds --skip-baselines \
         --reference benchmarks/results/cpu.json --out benchmarks/results/cpu_learned.json
+
+The same with the rule-based candidates ranked by each fold's prompter (``--prompts fused``):
+
+    python benchmarks/run_benchmark.py --prompter-folds OUT/folds --prompts fused --skip-baselines \
+        --reference benchmarks/results/cpu.json --out benchmarks/results/cpu_fused.json
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if args.prompter_folds:  # cross-validation: the fold that never saw this patient
             folds = Path(args.prompter_folds)
             fold = json.loads((folds / "index.json").read_text())[patient_group(case.id)]
-            extra += ["--prompts", "learned", "--prompter-weights", str(folds / fold)]
+            extra += ["--prompts", args.prompts, "--prompter-weights", str(folds / fold)]
             row["prompter_fold"] = fold
         mask, facts = run_cli(case.image, point, args.device, extra)
         if mask is None:
@@ -191,6 +196,8 @@ def main() -> None:
     parser.add_argument("--prompter-folds", default=None,
                         help="folder of per-patient prompter folds (promise train-prompting): run each case "
                              "with the fold that held its patient out")
+    parser.add_argument("--prompts", default="learned", choices=("learned", "fused"),
+                        help="the prompts mode run with --prompter-folds")
     parser.add_argument("--reference", default=None,
                         help="results JSON of an earlier run on the same cases: its promise column is added under "
                              "--reference-label, and its baselines are reused where this run skips them")

@@ -37,6 +37,7 @@ from ProMISeLib.engine import Segmenter  # noqa: E402
 from ProMISeLib.geometry import ImageGeometry  # noqa: E402
 from ProMISeLib.predictor import SlicePredictor  # noqa: E402
 from ProMISeLib.preprocess import CropWindow, normalize_intensities  # noqa: E402
+from ProMISeLib.prompting import PROMPT_MODES  # noqa: E402
 from ProMISeLib.propagation import PropagationSettings  # noqa: E402
 from ProMISeLib.sample_data import lesion_click  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> None:
                         help="slices encoded in the background ahead of the propagation (default: the engine's)")
     parser.add_argument("--plain", action="store_true",
                         help="also time the per-slice plugin way (PyTorch fp32, every slice whole, one box each)")
-    parser.add_argument("--prompts", default="auto", choices=("auto", "learned", "heuristic"))
+    parser.add_argument("--prompts", default="auto", choices=PROMPT_MODES)
     parser.add_argument("--prompter-weights", default=None)
     parser.add_argument("--out", default="benchmarks/results/speed_cpu.json")
     args = parser.parse_args()
@@ -155,7 +156,8 @@ def main() -> None:
     reference = predictor if same else Segmenter(device=str(device), weights=args.weights).load()
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["speed.py", *sys.argv[1:]]),
               "device": str(device), "runtime": args.runtime, "precision": args.precision,
-              "prompts": segmenter.learned_prompter().name if segmenter.learned_prompter() else "heuristic",
+              "prompts": segmenter.resolved_prompts,
+              "prompter": segmenter.learned_prompter().name if segmenter.learned_prompter() else None,
               "torch": torch.__version__, "threads": args.threads, "encode_ahead": segmenter.settings.encode_ahead,
               "cases": []}
     if device.type == "cuda":

@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import InvalidInputError, ProMISeError
 from .geometry import SPACES
+from .prompting import PROMPT_MODES
 
 EXIT_BAD_INPUT = 2
 
@@ -126,9 +127,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="fp16 runs the encoder in half precision (CUDA, torch runtime); int8 its int8 "
                              "quantised export (CPU, --runtime onnx)")
     parser.add_argument("--weights", default=None, help="path to the model's weights file (else the registry's)")
-    parser.add_argument("--prompts", choices=("auto", "learned", "heuristic"), default="auto",
-                        help="how a click becomes per-slice boxes: the trained prompter, the rule-based search, or "
-                             "auto (learned where its shipped card says it beat the heuristic)")
+    parser.add_argument("--prompts", choices=PROMPT_MODES, default="auto",
+                        help="how a click becomes per-slice boxes: the rule-based search ranked by the trained "
+                             "prompter (fused), the trained prompter alone (learned), the rule-based search alone "
+                             "(heuristic), or auto (the mode the shipped prompter's card names as validated best)")
     parser.add_argument("--prompter-weights", default=None,
                         help="a learned prompter (.safetensors with its .json card) instead of the shipped one")
 

@@ -27,6 +27,7 @@ from .geometry import ImageGeometry, Space
 from .models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from .predictor import EmbeddingCache, SlicePredictor
 from .preprocess import Modality, detect_modality, normalize_intensities
+from .prompting import PROMPT_MODES, PROMPTER_MODES
 from .propagation import LesionPropagator, PropagationSettings, assemble
 from .result import SegmentationResult, bounding_box
 from .validation import validate_volume
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # SimpleITK is imported only when a 3D model runs
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
-PROMPT_MODES = ("auto", "learned", "heuristic")
 HEURISTIC_METHOD = "heuristic box prompts"
 
 
@@ -71,16 +71,18 @@ class Segmenter:
         """``parity_permuted_click`` (ProMISe 3D models only) passes the click the way the official tester
         does (in-plane coordinates swapped), to reproduce published numbers.
 
-        ``prompts`` chooses how clicks become per-slice boxes: ``learned`` (the backbone's trained
-        prompter, or ``prompter_weights``), ``heuristic`` (the rule-based box search), or ``auto``:
-        learned when the shipped prompter's card marks it the default (it beat the heuristic in
-        validation), else heuristic.
+        ``prompts`` chooses how clicks become per-slice boxes: ``heuristic`` (the rule-based box
+        search), ``learned`` (the backbone's trained prompter, or ``prompter_weights``, picks each
+        box), ``fused`` (the rule-based candidates, ranked by the learned prompter), or ``auto``: the
+        mode the prompter's card names as its default (the one that beat the heuristic in validation
+        by patient), else heuristic.
         """
         self.spec = get_model_spec(model)
         self.prompts = check_prompts(prompts)
         self.prompter_weights = prompter_weights
         self._prompter = None
         self._prompter_resolved = False
+        self._mode = "heuristic"  # the prompts that run, once resolved
         if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"unknown runtime {runtime!r}; use torch or onnx")
         if self.spec.kind == VOLUME3D and runtime != "torch":
@@ -100,6 +102,7 @@ class Segmenter:
         self.messages: list[str] = []
         self.weights_path = weights
         # Encode-ahead pays where the encoder runs beside the CPU (CUDA); on a small CPU it competes with the decoder.
+        self._settings_given = settings is not None  # else the fused prompts add their own stop settings
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
                                                         encode_ahead=2 if self.device.type == "cuda" else 0)
         self.cache = EmbeddingCache(cache_mb)
@@ -142,30 +145,42 @@ class Segmenter:
         if self.prompts == "heuristic" or self.spec.kind != "slice":
             return None
         if not self._prompter_resolved:
-            self._prompter = self._load_prompter()
+            self._prompter, self._mode = self._load_prompter()
             self._prompter_resolved = True
         return self._prompter
 
+    @property
+    def resolved_prompts(self) -> str:
+        """The prompts that run: 'fused', 'learned' or 'heuristic' (``auto`` resolved through the card)."""
+        return self._mode if self.learned_prompter() is not None else "heuristic"
+
     def _load_prompter(self):
-        from .prompting.prompter import LearnedPrompter, card_path
+        from .prompting.prompter import LearnedPrompter, card_path, default_mode
 
         path = self.prompter_weights or self.spec.prompter_path
         if path is None or not Path(path).is_file():
-            if self.prompts == "learned":
+            if self.prompts in PROMPTER_MODES:
                 raise CheckpointError(f"{self.spec.name}: no learned prompter weights "
                                       f"({path or 'none shipped for this model'})")
-            return None
-        if self.prompts == "auto" and self.prompter_weights is None:
-            try:  # the card alone says whether the shipped prompter won its validation
-                default = json.loads(card_path(Path(path)).read_text()).get("default")
+            return None, "heuristic"
+        mode = self.prompts
+        if mode == "auto":
+            try:  # the card alone says which mode won the prompter's validation
+                mode = default_mode(json.loads(card_path(Path(path)).read_text()))
             except (OSError, ValueError):
-                default = None  # a missing or broken card is reported by the loader below
-            if default is False:
-                return None
-        prompter = LearnedPrompter.from_file(Path(path))
-        if self.prompts == "auto" and self.prompter_weights is None and not prompter.card.get("default"):
-            return None
-        return prompter
+                mode = None  # a missing or broken card is reported by the loader below
+            if mode is None and self.prompter_weights is not None:
+                mode = "learned"  # weights the user named, without a validated default
+            if mode is None:
+                return None, "heuristic"
+        return LearnedPrompter.from_file(Path(path)), mode
+
+    def _method_name(self, prompter) -> str:
+        if prompter is None:
+            return HEURISTIC_METHOD
+        if self._mode == "fused":
+            return f"fused prompts (box search ranked by {prompter.name})"
+        return f"learned prompts ({prompter.name})"
 
     def _onnx_backend(self):
         """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
@@ -229,8 +244,10 @@ class Segmenter:
         normalised, _ = self._normalise(volume, modality)
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
         prompter = self.learned_prompter()
-        propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], self.settings,
-                                      progress, cancel, prompter=prompter)
+        fused = prompter is not None and self._mode == "fused"
+        settings = self.settings.for_fused() if fused and not self._settings_given else self.settings
+        propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
+                                      progress, cancel, prompter=prompter, fused=fused)
         lesions = []
         covered = np.zeros(volume.shape, dtype=bool)
         for index, click in enumerate(positives):
@@ -241,7 +258,7 @@ class Segmenter:
             crop, seed_mask, score = propagator.seed(click, positives, negatives)
             if score < 0.5:
                 propagator.messages.append(f"weak result: the model's confidence at the click is {score:.2f}")
-            use_extents = self.settings.orthogonal_stop if prompter is None else self.settings.learned_orthogonal_stop
+            use_extents = settings.orthogonal_stop if prompter is None or fused else settings.learned_orthogonal_stop
             extents = propagator.orthogonal_extents(click) if use_extents else None
             lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
             lesions.append(lesion)
@@ -264,7 +281,7 @@ class Segmenter:
             progress(1.0, "done")
         return SegmentationResult(
             mask=mask, geometry=geometry, bbox_kji=bounding_box(mask), elapsed_s=time.perf_counter() - started,
-            method=HEURISTIC_METHOD if prompter is None else f"learned prompts ({prompter.name})",
+            method=self._method_name(prompter),
             model=self.spec.name, device=str(self.device), messages=messages,
             runtime=self._predictor.backend.runtime,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,

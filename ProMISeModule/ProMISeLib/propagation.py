@@ -16,6 +16,11 @@ The model was trained on boxes, so a click is turned into boxes:
    the extent seen in the orthogonal planes, or where the mask vanishes, grows abruptly, loses
    the model's confidence, or its intensities stop matching the lesion's.
 
+With fused prompts (a learned prompter beside the rules) the candidates of steps 1, 3 and 4 are
+the same rule-based ones plus the mask of the prompter's own box, and they are ranked by the
+rule score times their Dice with the prompter's coarse mask: the rules give clean boundaries,
+the network says which of the nested structures at the click is the lesion.
+
 Positive clicks that the mask does not reach seed another lesion; negative clicks move the
 nearest side of their slice's boxes past them and cut their component out. Clicks become point
 prompts only for point-trained models.
@@ -24,7 +29,7 @@ prompts only for point-trained models.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +64,8 @@ class PropagationSettings:
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
     orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
+    orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes
+    orthogonal_aspects: tuple[float, ...] = (1.0,)  # box height/width ratios tried there (long along the slice axis)
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
     learned_orthogonal_stop: bool = False  # the same with the learned prompter (it learns where lesions end)
     learned_prior: str = "decoder"  # the learned prompter follows its own masks ('coarse') or the decoder's
@@ -67,6 +74,16 @@ class PropagationSettings:
     click_radius_mm: float = 3.0  # accept a candidate whose mask passes this close to the click
     point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
     encode_ahead: int = 2  # slices encoded in the background ahead of the propagation (0: off)
+    fusion_weight: float = 1.0  # fused prompts: exponent of the agreement with the learned mask in the ranking
+
+    def for_fused(self) -> PropagationSettings:
+        """These settings with the fused prompts' validated stop: a wider, elongated search in the orthogonal
+        planes and more slack past it (the learned ranking keeps the longer walk on the lesion)."""
+        return replace(self, **FUSED_DEFAULTS)
+
+
+#: What ``--prompts fused`` changes in the default settings (validated together, by patient).
+FUSED_DEFAULTS = {"orthogonal_context_mm": 320.0, "orthogonal_aspects": (1.0, 1.7, 2.8), "orthogonal_tolerance": 4}
 
 
 @dataclass
@@ -106,6 +123,11 @@ def _box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np
     return np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy], dtype=np.float32)
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 2 * np.count_nonzero(a & b) / total if total else 0.0
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 0.0
@@ -116,9 +138,12 @@ class LesionPropagator:
 
     def __init__(self, predictor: SlicePredictor, volume: np.ndarray, spacing_ji: tuple[float, float],
                  slice_mm: float, settings: PropagationSettings | None = None, progress: ProgressFn | None = None,
-                 cancel: CancelFn | None = None, prompter: LearnedPrompter | None = None) -> None:
+                 cancel: CancelFn | None = None, prompter: LearnedPrompter | None = None, fused: bool = False) -> None:
+        """With a ``prompter`` the learned network picks each slice's box; with ``fused`` as well, the
+        rule-based candidates stay and the network only ranks them (its box's mask joins them)."""
         self.predictor = predictor
         self.prompter = prompter
+        self.fused = fused and prompter is not None
         self._coarse: dict[int, np.ndarray] = {}  # learned prompter's crop masks of the lesion being followed
         self.volume = volume  # normalised 0-255, (K, J, I)
         self.pixel_mm = float(np.sqrt(spacing_ji[0] * spacing_ji[1]))
@@ -215,35 +240,67 @@ class LesionPropagator:
                                    self.pixel_mm, lambda b: self._exclude(b, k, crop, negatives), points, labels)
 
     def _best_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
-                       exclude=None, points=None, labels=None) -> tuple[np.ndarray, float]:
+                       exclude=None, points=None, labels=None, aspects=(1.0,)) -> tuple[np.ndarray, float]:
         """Box search around a click on one embedded crop: the best self-consistent candidate."""
-        s = self.settings
-        cj, ci = click_rc
+        if self.prompter is not None and self.fused:
+            return self._fused_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects)
         if self.prompter is not None:
             found = self._learned_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels)
             if found is not None:
                 return found
             self.messages.append("the learned prompter found nothing at the click; used the box search")
+        candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
+                                                       aspects=aspects)
+        if not candidates:
+            return np.zeros((side, side), bool), 0.0
+        best = int(np.argmax(scores))
+        return candidates[best], scores[best]
+
+    def _candidates_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, extra=None,
+                             aspects=(1.0,)):
+        """Rule-based candidates at a click with their scores (predicted IoU x self-consistency)."""
+        s = self.settings
+        cj, ci = click_rc
         radii = np.array(s.seed_half_sizes_mm) / pixel_mm
         radii = radii[radii < side]
-        boxes = np.stack([[ci - r, cj - r, ci + r + 1, cj + r + 1] for r in radii]).astype(np.float32)
+        boxes = np.stack([[ci - r, cj - r * a, ci + r + 1, cj + r * a + 1] for a in aspects for r in radii
+                          if r * a < side]).astype(np.float32)
+        if extra is not None:
+            boxes = np.concatenate([boxes, extra[None].astype(np.float32)])
         if exclude is not None:
             boxes = exclude(boxes)
         first = self.predictor.decode(embedding, side, boxes, points, labels)
         radius = int(round(s.click_radius_mm / pixel_mm))
         candidates = [c for c in (_component_at(m, (cj, ci), radius, s.fill_holes) for m in first.masks) if c.any()]
         if not candidates:
-            return np.zeros((side, side), bool), 0.0
+            return [], []
         own_boxes = np.stack([_box_of(c, s.box_margin, s.box_margin_px) for c in candidates])
         if exclude is not None:
             own_boxes = exclude(own_boxes)
         second = self.predictor.decode(embedding, side, own_boxes, points, labels)
-        best, best_score = candidates[0], -1.0
-        for cand, again, iou_pred in zip(candidates, second.masks, second.iou, strict=True):
-            score = float(iou_pred) * _iou(cand, _component_at(again, (cj, ci), radius, s.fill_holes))
-            if score > best_score:
-                best, best_score = cand, score
-        return best, best_score
+        scores = [float(p) * _iou(c, _component_at(a, (cj, ci), radius, s.fill_holes))
+                  for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
+        return candidates, scores
+
+    def _fuse(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray) -> tuple[np.ndarray, float]:
+        """The candidate with the best rule score x Dice with the learned coarse mask, and the best rule score."""
+        s = self.settings
+        fused = [sc * max(_dice(c, coarse), 1e-3) ** s.fusion_weight for c, sc in zip(candidates, scores, strict=True)]
+        best = int(np.argmax(fused))
+        # The stop rules read the best rule score: the lesion goes on if any candidate is confident.
+        return candidates[best], max(scores)
+
+    def _fused_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects=(1.0,)):
+        """The rule-based search at a click, ranked by the learned prompter's mask at the click."""
+        coarse = self.prompter.seed(embedding, side, click_rc)
+        extra = None
+        if coarse.box is not None:
+            extra = coarse.box + np.array([-1, -1, 1, 1], np.float32) * self.settings.box_margin_px
+        candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
+                                                       extra, aspects)
+        if not candidates:
+            return np.zeros((side, side), bool), 0.0
+        return self._fuse(candidates, scores, coarse.in_crop(side))
 
     def _learned_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float, exclude=None,
                           points=None, labels=None, k: int | None = None) -> tuple[np.ndarray, float] | None:
@@ -282,12 +339,12 @@ class LesionPropagator:
             resampled = ndimage.zoom(plane, (rows / depth, 1.0), order=1)
             click_r = int(round((k + 0.5) * rows / depth - 0.5))
             side = int(min(max(resampled.shape), max(self.settings.min_crop_px,
-                                                      round(self.settings.context_mm / in_plane_mm))))
+                                                      round(self.settings.orthogonal_context_mm / in_plane_mm))))
             crop = CropWindow.around((click_r, centre), side, snap=self.settings.crop_snap)
             self._check_cancel()
             embedding = self.predictor.embed(resampled[None], [0], crop)[0]
             mask, score = self._best_at_click(embedding, crop.side, (click_r - crop.j0, centre - crop.i0),
-                                              in_plane_mm)
+                                              in_plane_mm, aspects=self.settings.orthogonal_aspects)
             if score < self.settings.min_seed_score:
                 continue
             full = np.zeros(resampled.shape, dtype=bool)
@@ -324,13 +381,18 @@ class LesionPropagator:
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
         s = self.settings
         embedding = self._embedding(k, crop)
-        if self.prompter is not None:
+        coarse = None
+        if self.prompter is not None and self.fused:
+            coarse = self.prompter.follow(embedding, crop.side, previous)
+        elif self.prompter is not None:
             return self._learned_step(k, crop, embedding, previous, positives, negatives)
         tight = _box_of(previous)
         centre = (tight[:2] + tight[2:]) / 2
         half = (tight[2:] - tight[:2]) / 2
         boxes = [np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
                  for f in s.propagation_scales]
+        if coarse is not None and coarse.box is not None:  # the learned box's mask is one more candidate
+            boxes.append(coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
         boxes = np.stack(boxes).astype(np.float32)
         boxes = self._exclude(boxes, k, crop, negatives)
         points, labels = self._prompt_points(k, crop, positives, negatives)
@@ -349,9 +411,12 @@ class LesionPropagator:
             return None, 0.0
         own = self._exclude(np.stack([_box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
         second = self.predictor.decode(embedding, crop.side, own, points, labels)
-        scored = [(float(p) * _iou(c, a), c) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
-        score, best = max(scored, key=lambda item: item[0])
-        return best, score
+        scores = [float(p) * _iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
+        if coarse is not None:
+            return self._fuse(candidates, scores, coarse.in_crop(crop.side) if coarse.box is not None
+                              else np.zeros_like(previous))
+        best = int(np.argmax(scores))
+        return candidates[best], scores[best]
 
     def _learned_step(self, k: int, crop: CropWindow, embedding, previous: np.ndarray, positives, negatives):
         """The learned prompter's box on slice k given the previous mask; (None, 0) where the lesion ends."""

@@ -55,9 +55,9 @@ ATTR_VOLUME = "ProMISe.VolumeNodeID"
 RUNTIMES = ("torch", "onnx")
 
 #: How a click becomes per-slice box prompts (``ProMISeLib.engine.PROMPT_MODES``; repeated here so
-#: that importing the logic imports no torch): the engine's choice, its learned prompter, or the
-#: rule-based (heuristic) box search.
-PROMPT_MODES = ("auto", "learned", "heuristic")
+#: that importing the logic imports no torch): the engine's choice, the rule-based box search ranked
+#: by the learned prompter, the learned prompter alone, or the rule-based (heuristic) search alone.
+PROMPT_MODES = ("auto", "fused", "learned", "heuristic")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class SegmentRun:
     model: str = ""
     device: str = ""
     runtime: str = ""
-    prompts: str = ""  # what was asked for ("auto", "learned", "heuristic"); :attr:`method` says what ran
+    prompts: str = ""  # what was asked for ("auto", "fused", "learned", "heuristic"); :attr:`method` says what ran
 
     @property
     def messages(self) -> list[str]:
@@ -121,7 +121,7 @@ def checkRuntime(runtime: str) -> str:
 
 
 def checkPrompts(prompts: str) -> str:
-    """``prompts`` if the engine offers it ("auto", "learned" or "heuristic"), else InvalidInputError."""
+    """``prompts`` if the engine offers it ("auto", "fused", "learned" or "heuristic"), else InvalidInputError."""
     from ProMISeLib.engine import check_prompts
 
     return check_prompts(prompts)
@@ -266,8 +266,9 @@ class ProMISeModuleLogic(_LogicBase):
           CUDA when ONNX Runtime can, else on the CPU, and then says so in the result's messages).
         - ``prompts`` says how a click becomes per-slice box prompts for a box-trained model such as
           LiteMedSAM: "learned" (the prompter network shipped with the engine), "heuristic" (the
-          rule-based box search) or "auto" (the default: learned where the shipped prompter is marked
-          better, else heuristic). The run's :attr:`SegmentRun.method` (and its summary) says which ran.
+          rule-based box search), "fused" (the rule-based candidates ranked by the prompter network) or
+          "auto" (the default: the mode the shipped prompter's card marks as validated best, else
+          heuristic). The run's :attr:`SegmentRun.method` (and its summary) says which ran.
           ProMISe 3D models take no box prompts and ignore it.
           The logic keeps one engine per (model, device, runtime, prompts) and reuses it while they stay
           the same.
@@ -451,7 +452,7 @@ class ProMISeModuleLogic(_LogicBase):
         """Segment image files with their point lists and save one ``.seg.nrrd`` per image.
 
         See :func:`ProMISeSlicer.batch.segment_files` for the case format; ``model``, ``device``,
-        ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "learned" or "heuristic") are as for
+        ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "fused", "learned" or "heuristic") are as for
         :meth:`segment`.
         """
         from .batch import segment_files

@@ -228,6 +228,7 @@ class FakeSegmenter:
 
     instances: list = []
     METHODS = {"heuristic": "heuristic box prompts", "learned": "learned prompts (fake-prompter)",
+               "fused": "fused prompts (box search ranked by fake-prompter)",
                "auto": "learned prompts (fake-prompter)"}
 
     def __init__(self, model="fake", device="cpu", runtime="torch", radius_mm=8.0, label=None, empty=False,

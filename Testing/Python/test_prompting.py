@@ -208,37 +208,76 @@ def test_shipped_prompter_card_records_its_validation():
     assert card["backbone"] == "litemedsam" and card["config"]["embed_dim"] == 256
     validation = card["validation"]
     assert "by patient" in validation["scheme"]
-    per_scan = validation["end_to_end"]["per_scan"]
-    assert len(per_scan) >= 30 and all(r["fold"] for r in per_scan.values())
-    # every scan was scored by a fold that had not seen its patient
-    for case_id, row in per_scan.items():
-        held = validation["folds"][row["fold"].removesuffix(".safetensors")]
-        assert any(case_id == g or case_id.startswith(g + "_") for g in held), case_id
-    assert card["default"] == (validation["end_to_end"]["learned_mean_dice"]
-                               > validation["end_to_end"]["heuristic_mean_dice"])
+    end_to_end = validation["end_to_end"]
+    assert set(end_to_end["modes"]) == {"learned", "fused"}
+    for mode, entry in end_to_end["modes"].items():
+        per_scan = entry["per_scan"]
+        assert len(per_scan) >= 30 and all(r["fold"] for r in per_scan.values()), mode
+        assert entry["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in per_scan.values()]), abs=1e-3)
+        # every scan was scored by a fold that had not seen its patient
+        for case_id, row in per_scan.items():
+            held = validation["folds"][row["fold"].removesuffix(".safetensors")]
+            assert any(case_id == g or case_id.startswith(g + "_") for g in held), case_id
+    heuristic = end_to_end["heuristic_mean_dice"]
+    means = {mode: e["mean_dice"] for mode, e in end_to_end["modes"].items()}
+    best = max(means, key=means.get)
+    assert card["default"] == (best if means[best] > heuristic else False)
 
 
-def test_auto_uses_the_learned_prompter_only_when_it_won():
+def test_default_mode_reads_old_and_new_cards():
+    from ProMISeLib.prompting.prompter import default_mode
+
+    assert default_mode({"default": True}) == "learned"
+    assert default_mode({"default": "fused"}) == "fused"
+    assert default_mode({"default": False}) is None
+    assert default_mode({"default": "magic"}) is None and default_mode({}) is None
+
+
+def test_auto_runs_the_mode_the_card_names(tmp_path):
     from ProMISeLib.engine import Segmenter
+    from ProMISeLib.prompting.prompter import default_mode
 
-    chosen = Segmenter(device="cpu").learned_prompter()
-    assert (chosen is not None) == bool(_shipped_card()["default"])
+    segmenter = Segmenter(device="cpu")
+    assert segmenter.resolved_prompts == (default_mode(_shipped_card()) or "heuristic")
+    assert (segmenter.learned_prompter() is not None) == bool(_shipped_card()["default"])
+    net, _ = _saved_net(tmp_path)
+    for written, expected in (("fused", "fused"), (False, "learned")):  # named weights run even unvalidated
+        path = save_prompt_net(net, tmp_path / f"{written}.safetensors", {"name": "p", "default": written})
+        assert Segmenter(device="cpu", prompter_weights=str(path)).resolved_prompts == expected
+    assert Segmenter(device="cpu", prompts="heuristic", prompter_weights=str(path)).resolved_prompts == "heuristic"
 
 
 @pytest.mark.slow
-def test_shipped_prompter_reproduces_its_validation_dice(cases):
+@pytest.mark.parametrize("mode", ["fused", "learned"])
+def test_shipped_prompter_reproduces_its_validation_dice(cases, mode):
     """The shipped file never saw these patients; re-running it must give the Dice its card records."""
     from ProMISeLib.engine import Segmenter
     from ProMISeLib.metrics import dice
     from ProMISeLib.sample_data import lesion_click
     from ProMISeLib.volume_io import read_image, read_label
 
-    recorded = _shipped_card()["validation"]["shipped_file_validation"]
+    recorded = _shipped_card()["validation"]["shipped_file_validation"][mode]
     case_id = "STS_019_MR_T1" if "STS_019_MR_T1" in recorded else min(recorded)
     case = cases[case_id]
     volume, geometry = read_image(case.image)
     truth = np.isin(read_label(case.label, geometry), case.label_values)
-    result = Segmenter(device="cpu", prompts="learned").segment(volume, geometry, [lesion_click(truth)[::-1]],
-                                                                space="ijk")
-    assert result.method.startswith("learned prompts")
+    result = Segmenter(device="cpu", prompts=mode).segment(volume, geometry, [lesion_click(truth)[::-1]],
+                                                           space="ijk")
+    assert result.method.startswith(f"{mode} prompts")
     assert dice(result.mask, truth) == pytest.approx(recorded[case_id], abs=0.01)
+
+
+def test_fused_ranking_follows_the_network_between_equally_confident_candidates():
+    """Nested structures at a click (a lesion inside a limb) both look self-consistent to the rules;
+    the learned mask decides, and the reported confidence is the best rule score."""
+    from ProMISeLib.propagation import LesionPropagator
+
+    lesion = _disc(64, (32, 32), 8).astype(bool)
+    limb = _disc(64, (32, 30), 24).astype(bool)
+    propagator = LesionPropagator(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0,
+                                  prompter=object(), fused=True)
+    chosen, confidence = propagator._fuse([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 33), 9).astype(bool))
+    assert chosen is lesion and confidence == 0.9
+    chosen, _ = propagator._fuse([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 30), 22).astype(bool))
+    assert chosen is limb
+    assert not LesionPropagator(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0, fused=True).fused

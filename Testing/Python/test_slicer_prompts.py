@@ -91,7 +91,7 @@ def test_unknown_prompts_are_refused_before_any_work(slicer_env, tmp_path):
     volume, points = small_scene()
     count = len(FakeSegmenter.instances)
     before = scene_state(slicer_env.scene)
-    with pytest.raises(InvalidInputError, match="unknown prompts 'box'; use one of auto, learned, heuristic"):
+    with pytest.raises(InvalidInputError, match="unknown prompts 'box'; use one of auto, fused, learned, heuristic"):
         logic.segment(volume, points, prompts="box")
     with pytest.raises(InvalidInputError, match="unknown prompts"):
         logic.segmentFiles([(tmp_path / "never-read.nrrd", {"a": [0, 0, 0]})], prompts="Learned")

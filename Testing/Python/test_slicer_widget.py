@@ -355,7 +355,8 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     import vtk
 
     ui, parameters = module.ui, widget._parameterNode
-    assert ui.promptsComboBox.items == [("Auto", "auto"), ("Learned", "learned"), ("Rule-based", "heuristic")]
+    assert ui.promptsComboBox.items == [("Auto", "auto"), ("Fused (rules ranked by the network)", "fused"),
+                                        ("Learned", "learned"), ("Rule-based", "heuristic")]
     assert ui.promptsComboBox.currentData == "auto" and parameters.prompts == "auto"
     assert ui.promptsComboBox.slots["currentIndexChanged(int)"] == [widget.onPromptsChanged]
 
@@ -365,7 +366,7 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     assert FakeSegmenter.instances[-1].prompts == "auto"
     assert "learned prompts (fake-prompter)" in ui.statusLabel.text, ui.statusLabel.text
 
-    ui.promptsComboBox.currentIndex = 2  # the user picks Rule-based
+    ui.promptsComboBox.currentIndex = 3  # the user picks Rule-based
     widget.onPromptsChanged()
     assert parameters.prompts == "heuristic"  # saved with the scene
     widget.onSegmentButton()
@@ -373,6 +374,13 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     assert engine.prompts == "heuristic" and len(engine.calls) == 1
     assert "lesion" in ui.statusLabel.text and "heuristic box prompts" in ui.statusLabel.text, ui.statusLabel.text
     assert module.messages["status"][-1] == ui.statusLabel.text and module.messages["errors"] == []
+
+    ui.promptsComboBox.currentIndex = 1  # Fused
+    widget.onPromptsChanged()
+    widget.onSegmentButton()
+    assert FakeSegmenter.instances[-1].prompts == "fused" and "fused prompts" in ui.statusLabel.text
+    ui.promptsComboBox.currentIndex = 3
+    widget.onPromptsChanged()
 
     ui.promptsComboBox.currentIndex = 0  # a saved choice is shown again when the parameter node is set
     widget.setParameterNode(parameters)

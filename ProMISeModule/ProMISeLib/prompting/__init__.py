@@ -4,3 +4,9 @@ A small network reads the frozen encoder's features of a slice plus its 3D conte
 or the mask found on the neighbouring slice) and predicts a coarse mask; its bounding box is the
 prompt the frozen decoder gets. SAM's weights are never changed.
 """
+
+#: How clicks become per-slice boxes: ``auto`` (the mode the shipped prompter's card names), ``fused``
+#: (the rule-based candidates ranked by the prompter), ``learned`` (the prompter picks each box) or
+#: ``heuristic`` (the rule-based box search alone).
+PROMPT_MODES = ("auto", "fused", "learned", "heuristic")
+PROMPTER_MODES = ("fused", "learned")  # the modes that need a learned prompter

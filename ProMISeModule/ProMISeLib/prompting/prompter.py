@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..download import sha256_of
 from ..errors import CheckpointError
+from . import PROMPTER_MODES
 from .dataset import downsample_mask
 from .net import PromptNet, PromptNetConfig, click_map
 
@@ -40,6 +41,17 @@ class CoarseMask:
 
 def card_path(weights: Path) -> Path:
     return Path(weights).with_suffix(CARD_SUFFIX)
+
+
+def default_mode(card: dict) -> str | None:
+    """The prompts mode a card names as the default ('fused' or 'learned'), or None for the heuristic.
+
+    ``true`` (older cards) means 'learned'.
+    """
+    value = card.get("default")
+    if value is True:
+        return "learned"
+    return value if value in PROMPTER_MODES else None
 
 
 def load_prompt_net(weights: Path) -> tuple[PromptNet, dict]:

@@ -1,0 +1,128 @@
+"""Compare prompt variants in one process, with the error split into boundary and extent.
+
+Each variant is a prompts mode plus PropagationSettings overrides. Every scan runs with the
+prompter fold that never saw its patient (``promise train-prompting`` writes the folds). Per scan
+the script records:
+
+* the Dice;
+* the Dice with the prediction cut to the true lesion's slices (what a perfect extent would add);
+* the mean 2D Dice on slices where both the prediction and the truth have the lesion (boundary quality);
+* the predicted slices outside the lesion, and the lesion slices missed.
+
+Results go to ``OUT/<variant>/<case>.json``; a rerun skips the scans already done, so shards can run
+side by side (``--shard 0/2`` and ``--shard 1/2``). ``--summary`` prints the paired means of the
+variants given.
+
+    python benchmarks/prompt_variants.py --folds OUT/folds --out /tmp/variants --variant heuristic \\
+        --prompts heuristic
+    python benchmarks/prompt_variants.py --folds OUT/folds --out /tmp/variants --variant fused --prompts fused
+    python benchmarks/prompt_variants.py --folds OUT/folds --out /tmp/variants --variant fused-rules-stop \\
+        --prompts fused --settings '{}'
+    python benchmarks/prompt_variants.py --out /tmp/variants --summary heuristic fused fused-rules-stop
+
+``--settings`` replaces the engine's default settings (for ``fused``, ``'{}'`` drops its own
+stop settings, ``FUSED_DEFAULTS``). Without it the engine's defaults run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ProMISeLib.engine import Segmenter
+from ProMISeLib.errors import ProMISeError
+from ProMISeLib.metrics import dice
+from ProMISeLib.prompting import PROMPT_MODES
+from ProMISeLib.propagation import PropagationSettings
+from ProMISeLib.sample_data import lesion_click, load_cases, patient_group
+from ProMISeLib.volume_io import read_image, read_label
+
+
+def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
+    """Dice, and how much of the error is extent (slices) and how much is boundary (in-slice)."""
+    truth_k, pred_k = truth.any(axis=(1, 2)), mask.any(axis=(1, 2))
+    both = np.flatnonzero(truth_k & pred_k)
+    return {"dice": dice(mask, truth), "dice_on_lesion_slices": dice(mask & truth_k[:, None, None], truth),
+            "slice_dice": float(np.mean([dice(mask[k], truth[k]) for k in both])) if both.size else 0.0,
+            "extra_slices": int((pred_k & ~truth_k).sum()), "missed_slices": int((truth_k & ~pred_k).sum()),
+            "lesion_slices": int(truth_k.sum())}
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / args.variant
+    out.mkdir(parents=True, exist_ok=True)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    cases = [c for c in load_cases() if c.label_values][shard::shards]
+    settings = None if args.settings is None else PropagationSettings(encode_ahead=0, **json.loads(args.settings))
+    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings, cache_mb=300)
+    folds = Path(args.folds) if args.folds else None
+    fold_index = json.loads((folds / "index.json").read_text()) if folds else {}
+    for case in cases:
+        target = out / f"{case.id}.json"
+        if target.exists():
+            continue
+        if folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
+            segmenter.prompter_weights = str(folds / fold_index[patient_group(case.id)])
+            segmenter._prompter_resolved = False
+        volume, geometry = read_image(case.image)
+        truth = np.isin(read_label(case.label, geometry), case.label_values)
+        started = time.perf_counter()
+        try:
+            result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
+            mask, messages = result.mask.astype(bool), result.messages
+        except ProMISeError as exc:
+            mask, messages = np.zeros_like(truth), [str(exc)]
+        row = {"case": case.id, **decompose(mask, truth), "seconds": time.perf_counter() - started,
+               "messages": messages}
+        target.write_text(json.dumps(row, indent=1))
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "messages"}),
+              flush=True)
+
+
+def summary(root: Path, variants: list[str], save: Path | None = None) -> str:
+    """Paired means over the scans every variant has; ``save`` writes every per-scan row to one JSON."""
+    data = {v: {p.stem: json.loads(p.read_text()) for p in (root / v).glob("*.json")} for v in variants}
+    if save is not None:
+        save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "variants": data}, indent=1))
+    common = sorted(set.intersection(*(set(d) for d in data.values())))
+    header = "| variant | mean Dice | median Dice | Dice on lesion slices | slice Dice | extra slices | missed slices |"
+    lines = [f"{len(common)} scans in common", header, "|---|---|---|---|---|---|---|"]
+    for v in variants:
+        rows = [data[v][c] for c in common]
+        lines.append(f"| {v} | {statistics.mean(r['dice'] for r in rows):.3f} | "
+                     f"{statistics.median(r['dice'] for r in rows):.3f} | "
+                     f"{statistics.mean(r['dice_on_lesion_slices'] for r in rows):.3f} | "
+                     f"{statistics.mean(r['slice_dice'] for r in rows):.3f} | "
+                     f"{sum(r['extra_slices'] for r in rows)} | {sum(r['missed_slices'] for r in rows)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variant", default=None, help="a name for this run's folder")
+    parser.add_argument("--prompts", default="fused", choices=PROMPT_MODES)
+    parser.add_argument("--settings", default=None, help="PropagationSettings fields as JSON (replaces the defaults)")
+    parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
+    parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
+    parser.add_argument("--summary", nargs="+", default=None, help="print the paired table of these variants")
+    parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")
+    args = parser.parse_args()
+    if args.summary:
+        print(summary(Path(args.out), args.summary, Path(args.save) if args.save else None))
+        return
+    if not args.variant:
+        parser.error("--variant names the run")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
