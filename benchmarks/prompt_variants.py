@@ -39,8 +39,7 @@ from ProMISeLib.errors import ProMISeError
 from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.propagation import PropagationSettings
-from ProMISeLib.sample_data import lesion_click, load_cases, patient_group
-from ProMISeLib.volume_io import read_image, read_label
+from ProMISeLib.sample_data import lesion_click, load_cases, patient_group, read_case
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -68,10 +67,8 @@ def run(args: argparse.Namespace) -> None:
         if target.exists():
             continue
         if folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
-            segmenter.prompter_weights = str(folds / fold_index[patient_group(case.id)])
-            segmenter._prompter_resolved = False
-        volume, geometry = read_image(case.image)
-        truth = np.isin(read_label(case.label, geometry), case.label_values)
+            segmenter.set_prompter_weights(str(folds / fold_index[patient_group(case.id)]))
+        volume, geometry, truth = read_case(case)
         started = time.perf_counter()
         try:
             result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")

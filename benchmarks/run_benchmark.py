@@ -45,8 +45,7 @@ import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.sample_data import lesion_click, load_cases, patient_group
-from ProMISeLib.volume_io import read_image, read_label
+from ProMISeLib.sample_data import lesion_click, load_cases, patient_group, read_case
 
 
 def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:
@@ -114,8 +113,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.device != "cpu" and torch.cuda.is_available():
         results["machine"] += f" ({torch.cuda.get_device_name(0)})"
     for case in cases:
-        volume, geometry = read_image(case.image)
-        truth = np.isin(read_label(case.label, geometry), case.label_values)
+        volume, geometry, truth = read_case(case)
         spacing_kji = geometry.spacing[::-1]
         click = lesion_click(truth)
         point = geometry.index_to_lps(np.array(click[::-1], dtype=float))

@@ -25,8 +25,7 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 sys.path.insert(0, str(REPO / "ProMISeModule"))
 
 from conftest_slicer import slicer_environment  # noqa: E402
-from ProMISeLib.sample_data import get_case, lesion_click  # noqa: E402
-from ProMISeLib.volume_io import read_image, read_label  # noqa: E402
+from ProMISeLib.sample_data import get_case, lesion_click, read_case  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +42,7 @@ def main() -> None:
     with slicer_environment():
         logic = ProMISeModuleLogic()
         for cid in args.cases.split(","):
-            case = get_case(cid)
-            volume, geometry = read_image(case.image)
-            truth = np.isin(read_label(case.label, geometry), case.label_values)
+            volume, geometry, truth = read_case(get_case(cid))
             node = slicer.util.addVolumeFromArray(volume, ijkToRAS=geometry.ijk_to_ras_matrix(), name=cid)
             k, j, i = lesion_click(truth)
             ras = geometry.ijk_to_ras_matrix() @ np.array([i, j, k, 1.0])

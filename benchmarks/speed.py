@@ -116,13 +116,10 @@ def load_cases(args):
             geometry = ImageGeometry((i, j, k), tuple(m["spacing"]), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
             yield cid, volume, geometry, pack[cid + "__gt"], "none"  # already normalised to 0-255
     else:
-        from ProMISeLib.sample_data import get_case
-        from ProMISeLib.volume_io import read_image, read_label
+        from ProMISeLib.sample_data import get_case, read_case
 
         for cid in args.cases.split(","):
-            case = get_case(cid)
-            volume, geometry = read_image(case.image)
-            yield cid, volume, geometry, np.isin(read_label(case.label, geometry), case.label_values), "auto"
+            yield cid, *read_case(get_case(cid)), "auto"
 
 
 def main() -> None:

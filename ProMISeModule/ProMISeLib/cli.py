@@ -211,13 +211,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .engine import Segmenter
     from .metrics import dice
     from .overlay import write_overlay
-    from .sample_data import demo_case, lesion_click
-    from .volume_io import read_image, read_label, write_mask
+    from .sample_data import demo_case, lesion_click, read_case
+    from .volume_io import write_mask
 
     case = demo_case()
     print(f"demo case {case.id}: {case.image}")
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values or (1,))
+    volume, geometry, truth = read_case(case)
     click = lesion_click(truth)  # where a user would click: the lesion voxel nearest its centroid
     point_lps = geometry.index_to_lps(np.array(click[::-1], dtype=float))
     print("click (LPS mm): " + ",".join(f"{v:.1f}" for v in point_lps))

@@ -149,6 +149,11 @@ class Segmenter:
             self._prompter_resolved = True
         return self._prompter
 
+    def set_prompter_weights(self, path: str | None) -> None:
+        """Use another prompter file from the next segment() on; the model and its embedding cache stay."""
+        self.prompter_weights = path
+        self._prompter, self._prompter_resolved, self._mode = None, False, "heuristic"
+
     @property
     def resolved_prompts(self) -> str:
         """The prompts that run: 'fused', 'learned' or 'heuristic' (``auto`` resolved through the card)."""

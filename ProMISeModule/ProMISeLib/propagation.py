@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import EmptySegmentationError, SegmentationCancelled
+from .metrics import dice
 from .predictor import SlicePredictor
 from .preprocess import CropWindow
 
@@ -121,11 +122,6 @@ def _box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np
     dx = (x1 - x0) * margin + margin_px
     dy = (y1 - y0) * margin + margin_px
     return np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy], dtype=np.float32)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 2 * np.count_nonzero(a & b) / total if total else 0.0
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -285,7 +281,7 @@ class LesionPropagator:
     def _fuse(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray) -> tuple[np.ndarray, float]:
         """The candidate with the best rule score x Dice with the learned coarse mask, and the best rule score."""
         s = self.settings
-        fused = [sc * max(_dice(c, coarse), 1e-3) ** s.fusion_weight for c, sc in zip(candidates, scores, strict=True)]
+        fused = [sc * max(dice(c, coarse), 1e-3) ** s.fusion_weight for c, sc in zip(candidates, scores, strict=True)]
         best = int(np.argmax(fused))
         # The stop rules read the best rule score: the lesion goes on if any candidate is confident.
         return candidates[best], max(scores)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .download import CancelCallback, ProgressCallback, RemoteFile, fetch_members
 from .errors import InvalidInputError
+from .geometry import ImageGeometry
 from .settings import cache_dir, data_dir
 
 
@@ -36,6 +37,14 @@ def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:
     voxels = np.argwhere(mask)
     centre = np.asarray(ndimage.center_of_mass(mask))
     return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+
+
+def read_case(case: Case) -> tuple[np.ndarray, ImageGeometry, np.ndarray]:
+    """A labelled case as (volume, geometry, boolean mask of its structures), both (K, J, I)."""
+    from .volume_io import read_image, read_label
+
+    volume, geometry = read_image(case.image)
+    return volume, geometry, np.isin(read_label(case.label, geometry), case.label_values or (1,))
 
 
 def patient_group(case_id: str) -> str:

@@ -22,13 +22,9 @@ def cases() -> dict[str, Case]:
 @pytest.fixture(scope="session")
 def brain(cases):
     """brain1 as (volume, geometry, tumour mask), read once."""
-    import numpy as np
-    from ProMISeLib.volume_io import read_image, read_label
+    from ProMISeLib.sample_data import read_case
 
-    case = cases["brain1"]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
-    return volume, geometry, truth
+    return read_case(cases["brain1"])
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +39,10 @@ def one_torch_thread():
 
 
 centre_click = lesion_click  # the benchmarks' click rule, shared by the tests
+
+
+def flip_byte(path, index: int | None = None) -> None:
+    """Corrupt a file in place: invert one byte (the middle one by default)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if index is None else index] ^= 0xFF
+    path.write_bytes(bytes(data))

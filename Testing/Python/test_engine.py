@@ -10,7 +10,7 @@ from ProMISeLib.engine import Segmenter, segment
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, SegmentationCancelled
 from ProMISeLib.geometry import ImageGeometry
 from ProMISeLib.metrics import dice, hd95
-from ProMISeLib.volume_io import read_image, read_label
+from ProMISeLib.sample_data import read_case
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,7 @@ def segmenter():
 
 @pytest.fixture(scope="module")
 def small_tumour(cases):
-    case = cases["STS_008_MR_T1"]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
-    return volume, geometry, truth
+    return read_case(cases["STS_008_MR_T1"])
 
 
 @pytest.mark.slow

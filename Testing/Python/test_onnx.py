@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import centre_click
+from conftest import centre_click, flip_byte
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
@@ -70,9 +70,7 @@ def test_corrupt_or_mismatched_exports_are_refused(export_dir, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)
-    data = bytearray((broken / "decoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (broken / "decoder.onnx").write_bytes(bytes(data))
+    flip_byte(broken / "decoder.onnx")
     with pytest.raises(CheckpointError, match="SHA-256 differs"):
         OnnxBackend(broken)
     with pytest.raises(CheckpointError, match="exported for 'litemedsam'"):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import centre_click
+from conftest import centre_click, flip_byte
 from ProMISeLib.download import sha256_of
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError, InvalidInputError
@@ -82,9 +82,7 @@ def test_a_tampered_or_missing_int8_encoder_is_refused(export_dir, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)
-    data = bytearray((broken / "encoder.int8.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (broken / "encoder.int8.onnx").write_bytes(bytes(data))
+    flip_byte(broken / "encoder.int8.onnx")
     with pytest.raises(CheckpointError, match="SHA-256 differs"):
         OnnxBackend(broken, device="cpu", precision="int8")
     assert OnnxBackend(broken, device="cpu").runtime == "onnx"  # the fp32 files are still good

@@ -162,12 +162,10 @@ def test_masks_are_identical_with_and_without_encode_ahead(cases):
     from conftest import centre_click
     from ProMISeLib.engine import Segmenter
     from ProMISeLib.propagation import PropagationSettings
-    from ProMISeLib.volume_io import read_image, read_label
+    from ProMISeLib.sample_data import read_case
 
     pytest.importorskip("onnxruntime")
-    case = cases["STS_019_MR_T1"]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    volume, geometry, truth = read_case(cases["STS_019_MR_T1"])
     click = centre_click(truth)[::-1]
     results = {}
     for ahead in (0, 2):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import flip_byte
 from ProMISeLib import promise3d_checkpoint as ckpt
 from ProMISeLib.cli import main
 from ProMISeLib.errors import CheckpointError
@@ -173,9 +174,7 @@ def test_a_modified_weights_file_fails_its_sidecar(released, tmp_path):
     _, source = released
     path = ckpt.convert_released_checkpoint(source, "promise-colon", tmp_path / "w.safetensors",
                                             config=Promise3DConfig.reduced())
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_byte(path, -5)
     with pytest.raises(CheckpointError, match="SHA-256"):
         ckpt.load_promise3d(path)
     with pytest.raises(CheckpointError, match="SHA-256"):

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import flip_byte
 from ProMISeLib.errors import CheckpointError
 from ProMISeLib.preprocess import CropWindow
 from ProMISeLib.prompting.dataset import (
@@ -138,10 +139,9 @@ def test_weights_round_trip_with_card(tmp_path):
 
 def test_corrupted_weights_are_refused(tmp_path):
     _, path = _saved_net(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(bytes(data))
+    shutil.copy(path, bad)
+    flip_byte(bad, -10)
     shutil.copy(path.with_suffix(".json"), bad.with_suffix(".json"))
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_prompt_net(bad)
@@ -253,14 +253,11 @@ def test_shipped_prompter_reproduces_its_validation_dice(cases, mode):
     """The shipped file never saw these patients; re-running it must give the Dice its card records."""
     from ProMISeLib.engine import Segmenter
     from ProMISeLib.metrics import dice
-    from ProMISeLib.sample_data import lesion_click
-    from ProMISeLib.volume_io import read_image, read_label
+    from ProMISeLib.sample_data import lesion_click, read_case
 
     recorded = _shipped_card()["validation"]["shipped_file_validation"][mode]
     case_id = "STS_019_MR_T1" if "STS_019_MR_T1" in recorded else min(recorded)
-    case = cases[case_id]
-    volume, geometry = read_image(case.image)
-    truth = np.isin(read_label(case.label, geometry), case.label_values)
+    volume, geometry, truth = read_case(cases[case_id])
     result = Segmenter(device="cpu", prompts=mode).segment(volume, geometry, [lesion_click(truth)[::-1]],
                                                            space="ijk")
     assert result.method.startswith(f"{mode} prompts")
@@ -281,3 +278,17 @@ def test_fused_ranking_follows_the_network_between_equally_confident_candidates(
     chosen, _ = propagator._fuse([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 30), 22).astype(bool))
     assert chosen is limb
     assert not LesionPropagator(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0, fused=True).fused
+
+
+def test_a_segmenter_switches_prompter_files_and_keeps_its_cache(tmp_path):
+    from ProMISeLib.engine import Segmenter
+
+    net, _ = _saved_net(tmp_path)
+    first = save_prompt_net(net, tmp_path / "a.safetensors", {"name": "first", "default": "fused"})
+    second = save_prompt_net(net, tmp_path / "b.safetensors", {"name": "second", "default": False})
+    segmenter = Segmenter(device="cpu", prompter_weights=str(first))
+    cache = segmenter.cache
+    assert segmenter.learned_prompter().name == "first" and segmenter.resolved_prompts == "fused"
+    segmenter.set_prompter_weights(str(second))
+    assert segmenter.learned_prompter().name == "second" and segmenter.resolved_prompts == "learned"
+    assert segmenter.cache is cache
