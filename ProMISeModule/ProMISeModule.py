@@ -625,6 +625,22 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(float(mask.sum()) * spacing, volumeMl, delta=0.05 * volumeMl)
         self.assertTrue(run.method and run.method in run.summary(), "the status names the prompts that ran")
 
+        self.delayDisplay("Correcting with a background point on the next slice")
+        near = k + 1 if mask[k + 1].any() else k - 1
+        jj, ii = (int(v) for v in np.argwhere(mask[near])[0])
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        background = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "background")
+        background.AddControlPoint(vtk.vtkVector3d(*ijkToRas.MultiplyPoint([ii, jj, near, 1.0])[:3]), "not tumor")
+        corrected = logic.segment(volume, points, negativePointsNode=background)
+        self.delayDisplay(corrected.summary())
+        self.assertEqual(corrected.objects[0].segmentId, segmentId, "the correction replaces the same segment")
+        fixed = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        self.assertEqual(fixed[near, jj, ii], 0, "the background point's voxel left the segment")
+        self.assertEqual(fixed[k, j, i], 1, "the clicked voxel stays inside the segment")
+        self.assertLessEqual(int(fixed.sum()), int(mask.sum()), "a background point only removes")
+        slicer.mrmlScene.RemoveNode(background)
+
         self.delayDisplay("Segmenting again with rule-based prompts")
         heuristic = logic.segment(volume, points, prompts="heuristic")
         self.delayDisplay(heuristic.summary())
@@ -632,6 +648,7 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         self.assertEqual(heuristic.objects[0].segmentId, segmentId, "the same fiducial's segment is replaced")
         self.assertGreater(heuristic.objects[0].volume_ml, 1.0)
 
+        logic.undo()  # back to the corrected segment
         logic.undo()  # back to the first run's segment
         logic.undo()
         self.assertIsNone(slicer.mrmlScene.GetNodeByID(segmentation.GetID()), "undo removes the new segmentation")

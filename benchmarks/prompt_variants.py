@@ -38,8 +38,9 @@ from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
+from ProMISeLib.prompting.pipeline import held_out_fold
 from ProMISeLib.propagation import PropagationSettings
-from ProMISeLib.sample_data import lesion_click, load_cases, patient_group, read_case
+from ProMISeLib.sample_data import lesion_click, load_cases, read_case
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -60,14 +61,12 @@ def run(args: argparse.Namespace) -> None:
     cases = [c for c in load_cases() if c.label_values][shard::shards]
     settings = None if args.settings is None else PropagationSettings(encode_ahead=0, **json.loads(args.settings))
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings, cache_mb=300)
-    folds = Path(args.folds) if args.folds else None
-    fold_index = json.loads((folds / "index.json").read_text()) if folds else {}
     for case in cases:
         target = out / f"{case.id}.json"
         if target.exists():
             continue
-        if folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
-            segmenter.set_prompter_weights(str(folds / fold_index[patient_group(case.id)]))
+        if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
+            segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
         volume, geometry, truth = read_case(case)
         started = time.perf_counter()
         try:

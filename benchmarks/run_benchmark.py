@@ -45,7 +45,8 @@ import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.sample_data import lesion_click, load_cases, patient_group, read_case
+from ProMISeLib.prompting.pipeline import held_out_fold
+from ProMISeLib.sample_data import lesion_click, load_cases, read_case
 
 
 def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:
@@ -121,10 +122,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                "lesion_slices": int(truth.any(axis=(1, 2)).sum()), "click_kji": click}
         extra = args.extra.split() if args.extra else []
         if args.prompter_folds:  # cross-validation: the fold that never saw this patient
-            folds = Path(args.prompter_folds)
-            fold = json.loads((folds / "index.json").read_text())[patient_group(case.id)]
-            extra += ["--prompts", args.prompts, "--prompter-weights", str(folds / fold)]
-            row["prompter_fold"] = fold
+            fold = held_out_fold(Path(args.prompter_folds), case.id)
+            extra += ["--prompts", args.prompts, "--prompter-weights", str(fold)]
+            row["prompter_fold"] = fold.name
         mask, facts = run_cli(case.image, point, args.device, extra)
         if mask is None:
             row["promise"] = {"dice": 0.0, "hd95": None, **facts}

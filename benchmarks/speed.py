@@ -5,9 +5,11 @@
     python benchmarks/speed.py --device cpu --runtime onnx --precision int8 ...   # int8 encoder (CPU)
     python benchmarks/speed.py --device cuda --plain ...   # also time the per-slice plugin way, same lesions
 
-For each case: the first click (one-click 3D, model already loaded), a refinement click one voxel
-away (embeddings from the cache), the slices encoded (and encoded ahead in the background), and
-peak memory. Once per run: encoder milliseconds per slice at batch 1 and at the best batch, decoder
+For each case: the first click (one-click 3D, model already loaded), a correction click added to it
+where a user would put it (``sample_data.corrective_click``; the segmenter redoes only its
+neighbourhood), a moved click one voxel away (``refine_click_s``: a new seed, every embedding from the
+cache), the slices encoded (and encoded ahead in the background), the box prompts decoded, and peak
+memory. Once per run: encoder milliseconds per slice at batch 1 and at the best batch, decoder
 milliseconds per box prompt, and a large matmul as the machine's compute ceiling, with the
 encoder's FLOPs per slice (counted by torch's FlopCounterMode in the run).
 
@@ -39,7 +41,7 @@ from ProMISeLib.predictor import SlicePredictor  # noqa: E402
 from ProMISeLib.preprocess import CropWindow, normalize_intensities  # noqa: E402
 from ProMISeLib.prompting import PROMPT_MODES  # noqa: E402
 from ProMISeLib.propagation import PropagationSettings  # noqa: E402
-from ProMISeLib.sample_data import lesion_click  # noqa: E402
+from ProMISeLib.sample_data import corrective_click, lesion_click  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -187,11 +189,21 @@ def main() -> None:
         first = segmenter.segment(volume, geometry, [click[::-1]], space="ijk", modality=modality)
         sync(device)
         encoded_ahead = predictor.encoded_ahead - ahead_before
-        moved = click + np.array([0, 1, 1])
+        # A correction: one more click where the user would put it; only its neighbourhood is redone.
+        extra, positive = corrective_click(first.mask, truth, geometry.spacing[::-1]) or (tuple(click), True)
+        correction = segmenter.segment(volume, geometry, [click[::-1]] + ([extra[::-1]] if positive else []),
+                                       negative_points=None if positive else [extra[::-1]], space="ijk",
+                                       modality=modality)
+        sync(device)
+        moved = click + np.array([0, 1, 1])  # a moved fiducial: a new seed, its embeddings from the cache
         refine = segmenter.segment(volume, geometry, [moved[::-1]], space="ijk", modality=modality)
         sync(device)
         row = {"case": cid, "lesion_slices": int(truth.any(axis=(1, 2)).sum()),
                "first_click_s": first.elapsed_s, "encoded": first.encoded_slices, "encoded_ahead": encoded_ahead,
+               "first_decoded_prompts": first.decoded_prompts,
+               "correction_click_s": correction.elapsed_s, "correction_positive": bool(positive),
+               "correction_decoded_prompts": correction.decoded_prompts,
+               "correction_encoded": correction.encoded_slices,
                "refine_click_s": refine.elapsed_s, "refine_encoded": refine.encoded_slices,
                "dice": float(2 * (first.mask.astype(bool) & truth).sum() / (first.mask.sum() + truth.sum())),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -6,7 +6,9 @@
     result.mask  # uint8 (K, J, I) on the input grid
 
 The segmenter loads its model once and keeps an embedding cache, so calling it again for the
-same lesion (a refinement click, a moved fiducial) runs only the cheap decoder.
+same lesion (a moved fiducial) runs only the cheap decoder. It also remembers the lesions it found
+on the current volume: a call that adds positive or negative clicks to an earlier call's redoes
+only the slices near the new clicks (a refinement click), and the same clicks again cost nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch
 from .backends import TorchBackend
 from .errors import CheckpointError, DeviceUnavailableError, EmptySegmentationError, InvalidInputError
 from .geometry import ImageGeometry, Space
+from .lesion_memory import LesionMemory
 from .models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from .predictor import EmbeddingCache, SlicePredictor
 from .preprocess import Modality, detect_modality, normalize_intensities
 from .prompting import PROMPT_MODES, PROMPTER_MODES
-from .propagation import LesionPropagator, PropagationSettings, assemble
+from .propagation import LesionPropagator, PropagationSettings, SliceMasks, assemble
 from .result import SegmentationResult, bounding_box
 from .validation import validate_volume
 from .weights import resolve_weights
@@ -106,6 +109,7 @@ class Segmenter:
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
                                                         encode_ahead=2 if self.device.type == "cuda" else 0)
         self.cache = EmbeddingCache(cache_mb)
+        self.memory = LesionMemory()  # lesions found on the current volume, for cheap refinement clicks
         self._predictor: SlicePredictor | None = None
         self._normalised: tuple[weakref.ref, str, np.ndarray, str] | None = None
 
@@ -152,6 +156,7 @@ class Segmenter:
     def set_prompter_weights(self, path: str | None) -> None:
         """Use another prompter file from the next segment() on; the model and its embedding cache stay."""
         self.prompter_weights = path
+        self.memory.clear()
         self._prompter, self._prompter_resolved, self._mode = None, False, "heuristic"
 
     @property
@@ -189,14 +194,14 @@ class Segmenter:
 
     def _onnx_backend(self):
         """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
-        from .onnx_backend import INT8_ENCODER, MANIFEST, OnnxBackend, add_int8_encoder, export_onnx, read_manifest
+        from .onnx_backend import MANIFEST, OnnxBackend, add_int8_encoder, export_onnx, int8_is_current, read_manifest
         from .settings import cache_dir
 
         directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
         if self.onnx_dir is None and not (directory / MANIFEST).is_file():
             export_onnx(self.spec.name, directory, self.weights_path)
-        if self.onnx_dir is None and self.precision == "int8" and INT8_ENCODER not in read_manifest(directory)["files"]:
-            add_int8_encoder(directory)  # quantised into the cache on first use, like the fp32 export
+        if self.onnx_dir is None and self.precision == "int8" and not int8_is_current(read_manifest(directory)):
+            add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
                               precision="int8" if self.precision == "int8" else "fp32")
         self.messages.extend(backend.messages)
@@ -227,6 +232,11 @@ class Segmenter:
         Points are in ``space`` ('lps', 'ras' or 'ijk'). Raises PointOutsideImageError for a
         click outside the image, EmptySegmentationError when nothing is found, and
         SegmentationCancelled when ``cancel()`` turns true.
+
+        For box-prompted models the segmenter remembers the lesions of the current volume (the same
+        array object): call it again with one more click, positive or negative, and only that
+        click's neighbourhood is redone; the clicks of the earlier call are applied first, in the
+        order they were applied then. ``result.decoded_prompts`` says how much decoding a call did.
         """
         started = time.perf_counter()
         volume = validate_volume(np.asarray(volume))
@@ -245,7 +255,7 @@ class Segmenter:
         if progress:
             progress(0.0, "loading model")
         predictor = self.load()
-        encoded_before, hits_before = predictor.encoded, self.cache.hits
+        encoded_before, hits_before, decoded_before = predictor.encoded, self.cache.hits, predictor.decoded_prompts
         normalised, _ = self._normalise(volume, modality)
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
         prompter = self.learned_prompter()
@@ -253,21 +263,11 @@ class Segmenter:
         settings = self.settings.for_fused() if fused and not self._settings_given else self.settings
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
                                       progress, cancel, prompter=prompter, fused=fused)
-        lesions = []
-        covered = np.zeros(volume.shape, dtype=bool)
-        for index, click in enumerate(positives):
-            if covered[click]:
-                continue  # already inside a lesion found from an earlier click: used as a point prompt
-            if progress:
-                progress(0.05, f"finding the lesion at click {index + 1}")
-            crop, seed_mask, score = propagator.seed(click, positives, negatives)
-            if score < 0.5:
-                propagator.messages.append(f"weak result: the model's confidence at the click is {score:.2f}")
-            use_extents = settings.orthogonal_stop if prompter is None or fused else settings.learned_orthogonal_stop
-            extents = propagator.orthogonal_extents(click) if use_extents else None
-            lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
-            lesions.append(lesion)
-            covered |= assemble(volume.shape, [lesion], []).astype(bool)
+        if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
+            lesions = self._lesions_afresh(propagator, positives, negatives, progress)
+        else:
+            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter)))
+            lesions = self._lesions_refined(propagator, positives, negatives, progress)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
             raise EmptySegmentationError("the result is empty (negative clicks removed everything)")
@@ -290,7 +290,82 @@ class Segmenter:
             model=self.spec.name, device=str(self.device), messages=messages,
             runtime=self._predictor.backend.runtime,
             encoded_slices=predictor.encoded - encoded_before, cached_slices=self.cache.hits - hits_before,
+            decoded_slices=propagator.decoded_slices, decoded_prompts=predictor.decoded_prompts - decoded_before,
         )
+
+    def _new_lesion(self, propagator: LesionPropagator, click: tuple[int, int, int], positives: list,
+                    negatives: list) -> SliceMasks:
+        """Seed search at the click, the orthogonal extent, and the propagation through the lesion."""
+        settings = propagator.settings
+        crop, seed_mask, score = propagator.seed(click, positives, negatives)
+        use_extents = settings.orthogonal_stop if propagator.prompter is None or propagator.fused \
+            else settings.learned_orthogonal_stop
+        extents = propagator.orthogonal_extents(click) if use_extents else None
+        lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
+        if score < 0.5:
+            lesion.stops.insert(0, f"weak result: the model's confidence at the click is {score:.2f}")
+        return lesion
+
+    def _lesions_afresh(self, propagator: LesionPropagator, positives: list, negatives: list,
+                        progress: ProgressFn | None) -> list[SliceMasks]:
+        """One lesion per positive click not inside an earlier one, every click prompting every step."""
+        lesions: list[SliceMasks] = []
+        for index, click in enumerate(positives):
+            if any(lesion.contains(click) for lesion in lesions):
+                continue  # already inside a lesion found from an earlier click: used as a point prompt
+            if progress:
+                progress(0.05, f"finding the lesion at click {index + 1}")
+            lesions.append(self._new_lesion(propagator, click, positives, negatives))
+        return lesions
+
+    def _lesions_refined(self, propagator: LesionPropagator, positives: list, negatives: list,
+                         progress: ProgressFn | None) -> list[SliceMasks]:
+        """The lesions of the clicks applied one at a time, starting from the longest run of them
+        that an earlier call already applied.
+
+        The clicks are applied in order: those of the remembered run first, as they were applied
+        then, and the new ones after them, the positive ones before the negative ones. A positive
+        click inside a lesion changes nothing; one within a lesion's crop and ``correction_reach``
+        slices refines it (:meth:`LesionPropagator.correct`); any other seeds a new lesion. A negative
+        click refines each lesion it is inside. So a user adding clicks one by one pays for each
+        new click's neighbourhood only; the same clicks again cost nothing.
+        """
+        clicks = [("+", *c) for c in positives] + [("-", *c) for c in negatives]
+        key, lesions = self.memory.longest(clicks)
+        remaining = list(clicks)
+        for click in key:
+            remaining.remove(click)
+        applied = [tuple(c[1:]) for c in key if c[0] == "-"]  # the negative clicks so far move box sides
+        for click in remaining:
+            voxel, positive = tuple(click[1:]), click[0] == "+"
+            if not positive:
+                applied.append(voxel)
+            lesions = self._apply_click(propagator, lesions, voxel, positive, applied, progress)
+            key = key + (click,)
+            self.memory.put(key, lesions)
+        return list(lesions)
+
+    def _apply_click(self, propagator: LesionPropagator, lesions: list[SliceMasks], click: tuple[int, int, int],
+                     positive: bool, negatives: list, progress: ProgressFn | None) -> list[SliceMasks]:
+        """``lesions`` after one more click (a new list; the lesions themselves are never changed)."""
+        lesions = list(lesions)
+        if positive:
+            if any(lesion.contains(click) for lesion in lesions):
+                return lesions
+            reach = propagator.settings.correction_reach
+            owner = next((n for n, lesion in enumerate(lesions) if lesion.reaches(click, reach)), None)
+            if owner is None:
+                if progress:
+                    progress(0.05, "finding the lesion at the click")
+                return lesions + [self._new_lesion(propagator, click, [click], negatives)]
+            targets = [owner]
+        else:
+            targets = [n for n, lesion in enumerate(lesions) if lesion.contains(click)]
+        for n in targets:
+            if progress:
+                progress(0.05, f"refining with a {'positive' if positive else 'negative'} click")
+            lesions[n] = propagator.correct(lesions[n], click, positive, negatives)
+        return lesions
 
     def _segment_volume3d(self, volume: np.ndarray, geometry: ImageGeometry, positives: list, negatives: list,
                           modality: Modality, progress: ProgressFn | None, cancel: CancelFn | None,

@@ -113,6 +113,7 @@ class SlicePredictor:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.batch_size = batch_size
         self.encoded = 0
+        self.decoded_prompts = 0  # box prompts decoded (the decoder's work, whatever the machine)
         self.encoded_ahead = 0
         self.prefetch_errors: list[BaseException] = []  # failures of background encodes, oldest first
         self._lock = threading.Lock()
@@ -291,6 +292,7 @@ class SlicePredictor:
         """
         scale = self.scaling.size / side
         scaled_points = None if points is None else np.asarray(points, dtype=np.float32) * scale
+        self.decoded_prompts += len(np.asarray(boxes).reshape(-1, 4))
         low_res, iou = self.backend.decode(embedding, np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale,
                                            scaled_points, labels)
         size = self.scaling.size

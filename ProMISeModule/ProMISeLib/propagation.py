@@ -24,6 +24,14 @@ the network says which of the nested structures at the click is the lesion.
 Positive clicks that the mask does not reach seed another lesion; negative clicks move the
 nearest side of their slice's boxes past them and cut their component out. Clicks become point
 prompts only for point-trained models.
+
+**Refinement** (:meth:`LesionPropagator.correct`): a further click on a computed lesion redoes
+only its neighbourhood. A positive click adds the structure the box search finds at it on its
+slice; a negative click re-decodes its slice with the boxes moved past it and keeps a candidate
+that leaves the click out. From there the walk goes both ways, one box per slice
+(``correction_scales``), until the new masks agree with the lesion's (IoU at least
+``correction_agreement``) and keeps the rest, so a correction costs a few slices' decoding, not
+the whole lesion's. A positive click only adds voxels, a negative one only removes them.
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ class PropagationSettings:
     point_prompts: bool = False  # pass clicks to the decoder as points (hurts box-trained LiteMedSAM)
     encode_ahead: int = 2  # slices encoded in the background ahead of the propagation (0: off)
     fusion_weight: float = 1.0  # fused prompts: exponent of the agreement with the learned mask in the ranking
+    correction_reach: int = 6  # a positive click up to this many slices past a lesion's ends refines it
+    correction_agreement: float = 0.9  # a refinement's walk stops where its mask and the lesion's agree (IoU)
+    correction_scales: tuple[float, ...] | None = (1.0,)  # box sizes of a refinement's walk (None: propagation's)
+    correction_extend_mm: float = 10.0  # a positive click past a lesion's end extends it this far past the click
 
     def for_fused(self) -> PropagationSettings:
         """These settings with the fused prompts' validated stop: a wider, elongated search in the orthogonal
@@ -94,6 +106,21 @@ class SliceMasks:
     crop: CropWindow
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     stops: list[str] = field(default_factory=list)
+    start_k: int = 0  # the slice the lesion was found on
+    reference: tuple[float, float] = (0.0, 1.0)  # the lesion's intensity mean and SD on that slice (stop rule)
+
+    def contains(self, click_kji: tuple[int, int, int]) -> bool:
+        """Whether the voxel is inside the lesion's mask."""
+        k, j, i = click_kji
+        mask = self.masks.get(k)
+        j, i = j - self.crop.j0, i - self.crop.i0
+        return mask is not None and 0 <= j < self.crop.side and 0 <= i < self.crop.side and bool(mask[j, i])
+
+    def reaches(self, click_kji: tuple[int, int, int], slices: int) -> bool:
+        """Whether the voxel is in the lesion's crop, at most ``slices`` past its first or last slice."""
+        k, j, i = click_kji
+        inside = 0 <= j - self.crop.j0 < self.crop.side and 0 <= i - self.crop.i0 < self.crop.side
+        return inside and bool(self.masks) and min(self.masks) - slices <= k <= max(self.masks) + slices
 
 
 def _component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, fill: bool = False) -> np.ndarray:
@@ -149,6 +176,7 @@ class LesionPropagator:
         self.progress = progress
         self.cancel = cancel
         self.messages: list[str] = []
+        self.decoded_slices = 0  # axial slices decoded in this propagator's calls
 
     # --- helpers --------------------------------------------------------------------------
     def _check_cancel(self) -> None:
@@ -161,6 +189,7 @@ class LesionPropagator:
 
     def _embedding(self, k: int, crop: CropWindow):
         self._check_cancel()
+        self.decoded_slices += 1
         return self.predictor.embed(self.volume, [k], crop)[k]
 
     @staticmethod
@@ -373,12 +402,19 @@ class LesionPropagator:
         return mask, score
 
     # --- propagation ----------------------------------------------------------------------
-    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives):
-        """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0)."""
+    def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
+              require: tuple[int, int] | None = None, forbid: tuple[int, int] | None = None,
+              scales: tuple[float, ...] | None = None):
+        """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0).
+
+        With ``require`` (crop row, column) only candidates that reach that point count; with
+        ``forbid`` only those that leave it out, if any does. ``scales`` replaces the box sizes
+        tried around the previous mask (``propagation_scales``).
+        """
         s = self.settings
         embedding = self._embedding(k, crop)
         coarse = None
-        if self.prompter is not None and self.fused:
+        if self.prompter is not None and (self.fused or require is not None):
             coarse = self.prompter.follow(embedding, crop.side, previous)
         elif self.prompter is not None:
             return self._learned_step(k, crop, embedding, previous, positives, negatives)
@@ -386,7 +422,7 @@ class LesionPropagator:
         centre = (tight[:2] + tight[2:]) / 2
         half = (tight[2:] - tight[:2]) / 2
         boxes = [np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
-                 for f in s.propagation_scales]
+                 for f in (scales or s.propagation_scales)]
         if coarse is not None and coarse.box is not None:  # the learned box's mask is one more candidate
             boxes.append(coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
         boxes = np.stack(boxes).astype(np.float32)
@@ -401,8 +437,15 @@ class LesionPropagator:
             labels_2d, _ = ndimage.label(mask)
             keep = np.unique(labels_2d[reach & mask])
             component = np.isin(labels_2d, keep[keep > 0])
+            if require is not None:
+                at_point = _component_at(mask, require, int(round(s.click_radius_mm / self.pixel_mm)))
+                if not at_point.any():
+                    continue
+                component = component | at_point
             if component.any():
                 candidates.append(component)
+        if forbid is not None and any(not c[forbid] for c in candidates):
+            candidates = [c for c in candidates if not c[forbid]]
         if not candidates:
             return None, 0.0
         own = self._exclude(np.stack([_box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
@@ -439,13 +482,27 @@ class LesionPropagator:
             return None, 0.0
         return mask, float(out.iou[0])
 
+    def _stop_reason(self, k: int, crop: CropWindow, mask: np.ndarray | None, score: float, previous: np.ndarray,
+                     largest: int, reference: tuple[float, float]) -> str | None:
+        """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None."""
+        s = self.settings
+        if mask is None or mask.sum() < s.min_area_fraction * largest:
+            return "mask vanished"
+        if mask.sum() > s.max_growth * previous.sum():
+            return "mask grew abruptly"
+        if score < s.min_score:
+            return "low model confidence"
+        if abs(float(crop.extract(self.volume[k])[mask].mean()) - reference[0]) > s.intensity_z * reference[1]:
+            return "intensity no longer matches the lesion"
+        return None
+
     def propagate(self, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
                   progress_span: tuple[float, float] = (0.1, 1.0), extents: dict | None = None) -> SliceMasks:
         """Follow the lesion from ``start_k`` up and down; return the crop masks per slice."""
         s = self.settings
-        result = SliceMasks(crop=crop, masks={start_k: start_mask})
         ref_pixels = crop.extract(self.volume[start_k])[start_mask]
-        ref_mean, ref_std = float(ref_pixels.mean()), float(max(ref_pixels.std(), 4.0))
+        reference = (float(ref_pixels.mean()), float(max(ref_pixels.std(), 4.0)))
+        result = SliceMasks(crop=crop, masks={start_k: start_mask}, start_k=start_k, reference=reference)
         depth = self.volume.shape[0]
         done = 0
         estimate = max(8, 2 * int(round(np.sqrt(start_mask.sum()) * self.pixel_mm / 3)))
@@ -469,29 +526,98 @@ class LesionPropagator:
                         ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
                     self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
                 mask, score = self._step(k, crop, previous, positives, negatives)
-                reason = None
-                if mask is None:
-                    reason = "mask vanished"
-                else:
-                    area = int(mask.sum())
-                    mean = float(crop.extract(self.volume[k])[mask].mean())
-                    if area < s.min_area_fraction * largest:
-                        reason = "mask vanished"
-                    elif area > s.max_growth * previous.sum():
-                        reason = "mask grew abruptly"
-                    elif score < s.min_score:
-                        reason = "low model confidence"
-                    elif abs(mean - ref_mean) > s.intensity_z * ref_std:
-                        reason = "intensity no longer matches the lesion"
+                reason = self._stop_reason(k, crop, mask, score, previous, largest, reference)
                 if reason:
                     result.stops.append(f"stopped at slice {k}: {reason}")
                     break
                 result.masks[k] = mask
-                largest = max(largest, area)
+                largest = max(largest, int(mask.sum()))
                 previous = mask
                 k += direction
             if s.encode_ahead > 0:
                 self.predictor.cancel_prefetch()  # slices queued past where this direction stopped
+        return result
+
+    # --- refinement -----------------------------------------------------------------------
+    def correct(self, lesion: SliceMasks, click_kji: tuple[int, int, int], positive: bool,
+                negatives: list[tuple[int, int, int]]) -> SliceMasks:
+        """``lesion`` refined by one more click; only the slices near the click are decoded again.
+
+        ``negatives`` are the negative clicks applied to this lesion so far (this one included);
+        they move box sides on their slices.
+
+        - A **positive** click adds the structure that the seed's box search finds at it (on the
+          lesion's crop) to its slice, then follows that structure to the neighbouring slices,
+          adding it to the lesion's masks. It stays within the lesion's slices, except on the side
+          where the click lies past the lesion's end: there it goes on at most
+          ``correction_extend_mm`` past the click (another click there extends it further).
+          It only adds voxels.
+        - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best
+          candidate that leaves the click out (if none does, the click's component is cut out),
+          then re-decodes the neighbouring slices from that mask. It only removes voxels.
+          A click slice left empty ends the lesion there, on the side away from the slice the lesion
+          was found on; the walk back towards that slice stops before it.
+
+        Each way, the walk stops where its mask agrees with the lesion's (IoU at least
+        ``correction_agreement``) or a stop rule ends it: the rest of the lesion stays as it was.
+        """
+        s = self.settings
+        k, j, i = click_kji
+        crop, old = lesion.crop, lesion.masks
+        click_ji = (j - crop.j0, i - crop.i0)
+        result = SliceMasks(crop=crop, masks=dict(old), stops=list(lesion.stops), start_k=lesion.start_k,
+                            reference=lesion.reference)
+        depth = self.volume.shape[0]
+        if positive:
+            found, score = self._search(k, (j, i), crop, [], negatives)  # the seed's box search, at this click
+            if not found.any() or score < s.min_seed_score:
+                nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
+                disk = np.zeros_like(nearest)
+                radius = max(1, int(round(s.click_radius_mm / self.pixel_mm)))
+                disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
+                     max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
+                found, _ = self._step(k, crop, nearest | disk, [], negatives, require=click_ji)
+            if found is None or not found.any():
+                self.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
+                return lesion
+            result.masks[k] = found | old[k] if k in old else found
+            follow, largest = found, int(found.sum())
+            extend = max(1, int(np.ceil(s.correction_extend_mm / self.slice_mm)))  # past a click beyond an end
+            lo = max(0, k - extend) if k < min(old) else min(old)
+            hi = min(depth - 1, k + extend) if k > max(old) else max(old)
+        else:
+            new, _ = self._step(k, crop, old[k], [], negatives, forbid=click_ji)
+            if new is not None:
+                new = new & old[k]
+                if new[click_ji]:  # no candidate left the click out: cut its component out by hand
+                    new = new & ~_component_at(new, click_ji)
+            if new is None or not new.any():  # nothing left on the click's slice: the lesion ends there
+                side = np.sign(k - lesion.start_k)
+                for b in [b for b in old if side == 0 or (b - k) * side >= 0]:
+                    del result.masks[b]
+                result.stops.append(f"the negative click on slice {k} removed the lesion from there on")
+                return result
+            result.masks[k] = new
+            follow, largest = new, max(int(m.sum()) for m in old.values())
+            lo, hi = min(old), max(old)
+        for direction in (1, -1):
+            towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
+            previous, kk = follow, k + direction
+            while lo <= kk <= hi and not (towards_start and kk == lesion.start_k):
+                mask, score = self._step(kk, crop, previous, [], negatives, scales=s.correction_scales)
+                if not positive and mask is not None:
+                    mask = mask & old[kk]
+                reason = self._stop_reason(kk, crop, mask, score, previous, largest, lesion.reference)
+                if reason:  # the rest stays as it was
+                    result.stops.append(f"refinement at slice {k} stopped at slice {kk}: {reason}")
+                    break
+                merged = mask | old[kk] if positive and kk in old else mask
+                result.masks[kk] = merged
+                if kk in old and _iou(merged, old[kk]) >= s.correction_agreement:
+                    break  # back on the lesion's own masks: the rest stays
+                if positive:
+                    largest = max(largest, int(mask.sum()))
+                previous, kk = mask, kk + direction
         return result
 
 

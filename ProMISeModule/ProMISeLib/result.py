@@ -29,6 +29,8 @@ class SegmentationResult:
     encoded_slices: int = 0
     cached_slices: int = 0
     runtime: str = "torch"
+    decoded_slices: int = 0  # axial slices the decoder ran on (a refinement click decodes only a few)
+    decoded_prompts: int = 0  # box prompts decoded, on every plane
 
     @property
     def voxel_count(self) -> int:

@@ -39,6 +39,30 @@ def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
+def corrective_click(mask: np.ndarray, truth: np.ndarray,
+                     spacing_kji: tuple[float, float, float]) -> tuple[tuple[int, int, int], bool] | None:
+    """Where a user corrects ``mask``: the voxel deepest inside its largest error region (benchmarks, tests).
+
+    The error regions are the connected parts of the missed lesion (a positive click) and of the
+    false positives (a negative click); the largest by voxel count is clicked at the voxel farthest
+    (in mm) from its edge. Returns ((k, j, i), positive), or None when the mask is the truth.
+    """
+    from scipy import ndimage
+
+    best = None
+    for region, positive in ((truth & ~mask.astype(bool), True), (mask.astype(bool) & ~truth, False)):
+        labels, count = ndimage.label(region)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        if best is None or sizes.max() > best[0]:
+            best = (int(sizes.max()), labels == int(np.argmax(sizes)) + 1, positive)
+    if best is None:
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(best[1], 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), depth.shape)), best[2]
+
+
 def read_case(case: Case) -> tuple[np.ndarray, ImageGeometry, np.ndarray]:
     """A labelled case as (volume, geometry, boolean mask of its structures), both (K, J, I)."""
     from .volume_io import read_image, read_label

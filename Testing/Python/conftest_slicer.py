@@ -245,7 +245,7 @@ class FakeSegmenter:
         voxels = geometry.to_voxel_kji(np.asarray(points, dtype=float), space)
         self.calls.append({"points": np.array(points, dtype=float), "voxels": voxels,
                            "negative": None if negative_points is None else np.array(negative_points),
-                           "shape": volume_kji.shape})
+                           "shape": volume_kji.shape, "array": volume_kji})
         if progress is not None:
             progress(0.5, "fake engine half-way")
         if cancel is not None and cancel():

@@ -34,11 +34,16 @@ def test_one_click_then_refinement_reuses_embeddings(segmenter, small_tumour):
     assert first.mask.shape == volume.shape and first.mask.dtype == np.uint8
     assert first.encoded_slices >= (first.slice_range[1] - first.slice_range[0] + 1)
     assert events[-1] == 1.0
-    # Same lesion again, clicked in LPS: every embedding comes from the cache.
+    # Same lesion again, clicked in LPS: the segmenter remembers it and decodes nothing.
     lps = geometry.index_to_lps(np.array(click[::-1], float))
     again = segmenter.segment(volume, geometry, [lps], space="lps")
-    assert again.encoded_slices == 0 and again.cached_slices > 0
+    assert again.encoded_slices == 0 and again.decoded_slices == 0
     np.testing.assert_array_equal(again.mask, first.mask)
+    # Forgotten (a new session), every slice is decoded again but every embedding comes from the cache.
+    segmenter.memory.clear()
+    anew = segmenter.segment(volume, geometry, [lps], space="lps")
+    assert anew.encoded_slices == 0 and anew.cached_slices > 0 and anew.decoded_slices == first.decoded_slices
+    np.testing.assert_array_equal(anew.mask, first.mask)
     # A negative click on a segmented voxel removes that voxel's region on its slice.
     k, j, i = np.argwhere(first.mask)[len(np.argwhere(first.mask)) // 2]
     refined = segmenter.segment(volume, geometry, [click[::-1]], negative_points=[(i, j, k)], space="ijk")
@@ -54,8 +59,10 @@ def test_cancel_stops_without_result(segmenter, small_tumour):
         calls.append(1)
         return len(calls) > 1
 
+    segmenter.memory.clear()  # an earlier test segmented this lesion: a remembered result has nothing to cancel
     with pytest.raises(SegmentationCancelled):
         segmenter.segment(volume, geometry, [centre_click(truth)[::-1]], space="ijk", cancel=cancel)
+    assert len(segmenter.memory) == 0  # a cancelled run leaves nothing behind to reuse
 
 
 def test_nothing_to_find_is_said_not_returned_empty(segmenter):

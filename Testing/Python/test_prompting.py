@@ -19,7 +19,7 @@ from ProMISeLib.prompting.dataset import (
     save_samples,
 )
 from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map
-from ProMISeLib.prompting.pipeline import save_prompt_net
+from ProMISeLib.prompting.pipeline import held_out_fold, save_prompt_net
 from ProMISeLib.prompting.prompter import LearnedPrompter, load_prompt_net
 from ProMISeLib.prompting.train import SampleBank, TrainSettings, make_batch, train_prompt_net
 
@@ -292,3 +292,12 @@ def test_a_segmenter_switches_prompter_files_and_keeps_its_cache(tmp_path):
     segmenter.set_prompter_weights(str(second))
     assert segmenter.learned_prompter().name == "second" and segmenter.resolved_prompts == "learned"
     assert segmenter.cache is cache
+
+
+def test_each_scan_gets_the_fold_that_never_saw_its_patient(tmp_path):
+    (tmp_path / "index.json").write_text(json.dumps({"STS_001": "fold0.safetensors", "brain1": "fold1.safetensors"}))
+    assert held_out_fold(tmp_path, "STS_001_MR_T1") == tmp_path / "fold0.safetensors"
+    assert held_out_fold(tmp_path, "STS_001_CT") == tmp_path / "fold0.safetensors"  # one patient, one fold
+    assert held_out_fold(tmp_path, "brain1") == tmp_path / "fold1.safetensors"
+    with pytest.raises(KeyError):
+        held_out_fold(tmp_path, "STS_002_CT")

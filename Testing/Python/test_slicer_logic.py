@@ -279,6 +279,27 @@ def test_logic_reuses_one_engine_and_loops_over_volumes(slicer_env):
     assert "lesion2" in runs[-1].summary() and "mL" in runs[-1].summary()
 
 
+def test_a_correction_click_reaches_the_engine_with_the_same_voxel_array(slicer_env):
+    """The engine remembers a lesion per array object: an added point must come with the same array
+    (so only its neighbourhood is redone), and changed voxels with a new one (so nothing stale is reused)."""
+    import slicer
+
+    logic = make_logic()
+    volume = small_volume()
+    points = add_points([("lesion", ras_of_voxel(volume, (6, 9, 7)))])
+    background = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "background")
+    logic.segment(volume, points, model="fake-model", device="cpu")
+    background.AddControlPoint(*[float(v) for v in ras_of_voxel(volume, (6, 9, 9))])
+    logic.segment(volume, points, negativePointsNode=background, model="fake-model", device="cpu")
+    first, correction = logic.getSegmenter("fake-model", "cpu").calls
+    assert correction["array"] is first["array"]
+    assert correction["negative"] is not None and len(correction["negative"]) == 1
+    slicer.util.updateVolumeFromArray(volume, slicer.util.arrayFromVolume(volume) + 1.0)
+    logic.segment(volume, points, negativePointsNode=background, model="fake-model", device="cpu")
+    changed = logic.getSegmenter("fake-model", "cpu").calls[-1]
+    assert changed["array"] is not first["array"] and changed["array"][0, 0, 0] == first["array"][0, 0, 0] + 1.0
+
+
 def test_runtime_reaches_the_engine_and_each_runtime_gets_its_own_engine(slicer_env):
     logic = make_logic()
     volume = small_volume()

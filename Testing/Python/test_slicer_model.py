@@ -51,9 +51,11 @@ def test_real_model_segments_brain1_through_oblique_geometry_and_transforms(slic
     assert obj.volume_ml == pytest.approx(written.sum() * np.prod(source.GetSpacing()) / 1000, rel=1e-6)
     assert "mL" in first.summary() and first.device == "cpu"
 
-    # segmenting again (e.g. after a click elsewhere) reuses the same engine and its cached embeddings,
-    # and replaces the same segment
+    # segmenting again with the same points reuses the same engine, which remembers the lesion (nothing is
+    # encoded or decoded again), and replaces the same segment with the same mask
     second = logic.segment(volume, points, device="cpu")
     assert second.objects[0].segmentId == obj.segmentId and second.objects[0].replaced
-    assert second.objects[0].result.cached_slices > 0 and second.objects[0].result.encoded_slices == 0
+    again = second.objects[0].result
+    assert again.encoded_slices == 0 and again.decoded_prompts == 0
+    np.testing.assert_array_equal(again.mask, obj.result.mask)
     assert second.segmentationNode.GetSegmentation().GetNumberOfSegments() == 1

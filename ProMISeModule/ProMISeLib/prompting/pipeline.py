@@ -76,6 +76,14 @@ def assign_folds(groups: list[str], folds: int) -> list[list[str]]:
     return [ordered[index::count] for index in range(count)] if count else []
 
 
+def held_out_fold(folds_dir: Path, case_id: str) -> Path:
+    """The prompter of ``folds_dir`` (written by :func:`run`) that was trained without the case's patient."""
+    from ..sample_data import patient_group
+
+    index = json.loads((Path(folds_dir) / "index.json").read_text())
+    return Path(folds_dir) / index[patient_group(case_id)]
+
+
 def _run_fold(job: tuple[int, list[str]]) -> tuple[int, list[str], dict[str, dict], float]:
     """Train without the ``held`` patients, score their scans, save the fold's weights (a worker process)."""
     index, held_groups = job
