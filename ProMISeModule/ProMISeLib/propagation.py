@@ -109,18 +109,19 @@ class SliceMasks:
     start_k: int = 0  # the slice the lesion was found on
     reference: tuple[float, float] = (0.0, 1.0)  # the lesion's intensity mean and SD on that slice (stop rule)
 
+    def _in_crop(self, j: int, i: int) -> bool:
+        return 0 <= j - self.crop.j0 < self.crop.side and 0 <= i - self.crop.i0 < self.crop.side
+
     def contains(self, click_kji: tuple[int, int, int]) -> bool:
         """Whether the voxel is inside the lesion's mask."""
         k, j, i = click_kji
         mask = self.masks.get(k)
-        j, i = j - self.crop.j0, i - self.crop.i0
-        return mask is not None and 0 <= j < self.crop.side and 0 <= i < self.crop.side and bool(mask[j, i])
+        return mask is not None and self._in_crop(j, i) and bool(mask[j - self.crop.j0, i - self.crop.i0])
 
     def reaches(self, click_kji: tuple[int, int, int], slices: int) -> bool:
         """Whether the voxel is in the lesion's crop, at most ``slices`` past its first or last slice."""
         k, j, i = click_kji
-        inside = 0 <= j - self.crop.j0 < self.crop.side and 0 <= i - self.crop.i0 < self.crop.side
-        return inside and bool(self.masks) and min(self.masks) - slices <= k <= max(self.masks) + slices
+        return self._in_crop(j, i) and bool(self.masks) and min(self.masks) - slices <= k <= max(self.masks) + slices
 
 
 def _component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, fill: bool = False) -> np.ndarray:
