@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         try:
             result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
-            mask, messages = result.mask.astype(bool), result.messages
+            mask, messages, work = result.mask.astype(bool), result.messages, {
+                "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices}
         except ProMISeError as exc:
-            mask, messages = np.zeros_like(truth), [str(exc)]
-        row = {"case": case.id, **decompose(mask, truth), "seconds": time.perf_counter() - started,
+            mask, messages, work = np.zeros_like(truth), [str(exc)], {}
+        row = {"case": case.id, **decompose(mask, truth), "seconds": time.perf_counter() - started, **work,
                "messages": messages}
         target.write_text(json.dumps(row, indent=1))
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "messages"}),
@@ -87,15 +88,18 @@ def summary(root: Path, variants: list[str], save: Path | None = None) -> str:
     if save is not None:
         save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "variants": data}, indent=1))
     common = sorted(set.intersection(*(set(d) for d in data.values())))
-    header = "| variant | mean Dice | median Dice | Dice on lesion slices | slice Dice | extra slices | missed slices |"
-    lines = [f"{len(common)} scans in common", header, "|---|---|---|---|---|---|---|"]
+    header = ("| variant | mean Dice | median Dice | Dice on lesion slices | slice Dice | extra slices | missed slices "
+              "| median prompts decoded |")
+    lines = [f"{len(common)} scans in common", header, "|---|---|---|---|---|---|---|---|"]
     for v in variants:
         rows = [data[v][c] for c in common]
+        prompts = [r["decoded_prompts"] for r in rows if "decoded_prompts" in r]  # recorded since 2026-12-02
         lines.append(f"| {v} | {statistics.mean(r['dice'] for r in rows):.3f} | "
                      f"{statistics.median(r['dice'] for r in rows):.3f} | "
                      f"{statistics.mean(r['dice_on_lesion_slices'] for r in rows):.3f} | "
                      f"{statistics.mean(r['slice_dice'] for r in rows):.3f} | "
-                     f"{sum(r['extra_slices'] for r in rows)} | {sum(r['missed_slices'] for r in rows)} |")
+                     f"{sum(r['extra_slices'] for r in rows)} | {sum(r['missed_slices'] for r in rows)} | "
+                     f"{statistics.median(prompts) if prompts else '-'} |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,11 @@ def run(args: argparse.Namespace) -> None:
     wanted = set(filter(None, args.cases.split(",")))
     cases = [c for c in load_cases() if c.label_values and (not wanted or c.id in wanted)][shard::shards]
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=600)
+    # A fold's card names no default mode, so ``auto`` runs what the shipped card runs; --settings
+    # replaces fields of that mode's settings.
+    settings = replace(segmenter.run_settings(), **json.loads(args.settings)) if args.settings else None
+    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=segmenter.resolved_prompts, cache_mb=600,
+                          settings=settings)
     for case in cases:
         target = out / f"{case.id}.json"
         if target.exists():
@@ -129,6 +135,8 @@ def main() -> None:
     parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--settings", default=None,
+                        help="PropagationSettings fields as JSON, over the prompt mode's own defaults")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
     parser.add_argument("--summary", default=None, help="print the table of this results folder and exit")
     parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")

@@ -28,6 +28,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,6 @@ from ProMISeLib.geometry import ImageGeometry  # noqa: E402
 from ProMISeLib.predictor import SlicePredictor  # noqa: E402
 from ProMISeLib.preprocess import CropWindow, normalize_intensities  # noqa: E402
 from ProMISeLib.prompting import PROMPT_MODES  # noqa: E402
-from ProMISeLib.propagation import PropagationSettings  # noqa: E402
 from ProMISeLib.sample_data import corrective_click, lesion_click  # noqa: E402
 
 
@@ -141,13 +141,19 @@ def main() -> None:
                         help="also time the per-slice plugin way (PyTorch fp32, every slice whole, one box each)")
     parser.add_argument("--prompts", default="auto", choices=PROMPT_MODES)
     parser.add_argument("--prompter-weights", default=None)
+    parser.add_argument("--settings", default=None,
+                        help="PropagationSettings fields as JSON, over the prompt mode's own defaults")
     parser.add_argument("--out", default="benchmarks/results/speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = None if args.encode_ahead is None else PropagationSettings(encode_ahead=args.encode_ahead)
-    segmenter = Segmenter(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir,
-                          precision=args.precision, settings=settings, prompts=args.prompts,
-                          prompter_weights=args.prompter_weights)
+    options = dict(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir,
+                   precision=args.precision, prompts=args.prompts, prompter_weights=args.prompter_weights)
+    segmenter = Segmenter(**options)
+    overrides = json.loads(args.settings) if args.settings else {}
+    if args.encode_ahead is not None:
+        overrides["encode_ahead"] = args.encode_ahead
+    if overrides:  # the mode's defaults (the fused prompts add their own) with these fields replaced
+        segmenter = Segmenter(**options, settings=replace(segmenter.run_settings(), **overrides))
     predictor = segmenter.load()
     device = segmenter.device
     # PyTorch fp32 on the same device: the plain path's model, and the one whose FLOPs are counted.
@@ -158,6 +164,7 @@ def main() -> None:
               "prompts": segmenter.resolved_prompts,
               "prompter": segmenter.learned_prompter().name if segmenter.learned_prompter() else None,
               "torch": torch.__version__, "threads": args.threads, "encode_ahead": segmenter.settings.encode_ahead,
+              "settings_overrides": overrides,
               "cases": []}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)

@@ -117,6 +117,12 @@ class Segmenter:
     def model_name(self) -> str:
         return self.spec.name
 
+    def run_settings(self) -> PropagationSettings:
+        """The settings a call runs with: those given, else the defaults plus the fused prompts' own stop."""
+        if self._settings_given or self.resolved_prompts != "fused":
+            return self.settings
+        return self.settings.for_fused()
+
     def load(self) -> SlicePredictor | Promise3DRunner:
         """Load the weights (hash-checked) and build the model, once.
 
@@ -260,7 +266,7 @@ class Segmenter:
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
         prompter = self.learned_prompter()
         fused = prompter is not None and self._mode == "fused"
-        settings = self.settings.for_fused() if fused and not self._settings_given else self.settings
+        settings = self.run_settings()
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
                                       progress, cancel, prompter=prompter, fused=fused)
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh

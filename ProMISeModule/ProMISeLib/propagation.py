@@ -31,7 +31,9 @@ slice; a negative click re-decodes its slice with the boxes moved past it and ke
 that leaves the click out. From there the walk goes both ways, one box per slice
 (``correction_scales``), until the new masks agree with the lesion's (IoU at least
 ``correction_agreement``) and keeps the rest, so a correction costs a few slices' decoding, not
-the whole lesion's. A positive click only adds voxels, a negative one only removes them.
+the whole lesion's. A correction scores its candidates by the model's predicted IoU without
+re-decoding them from their own boxes (``correction_verify``), which halves its decoding.
+A positive click only adds voxels, a negative one only removes them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class PropagationSettings:
     intensity_z: float = 2.5  # allowed shift of the mask's mean intensity, in lesion SDs
     min_score: float = 0.7  # predicted IoU x self-consistency of the chosen mask
     propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
+    propagation_verify: bool = True  # score each slice's candidates by re-decoding them from their own boxes
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
     orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
@@ -88,6 +91,7 @@ class PropagationSettings:
     correction_agreement: float = 0.9  # a refinement's walk stops where its mask and the lesion's agree (IoU)
     correction_scales: tuple[float, ...] | None = (1.0,)  # box sizes of a refinement's walk (None: propagation's)
     correction_extend_mm: float = 10.0  # a positive click past a lesion's end extends it this far past the click
+    correction_verify: bool = False  # a refinement also re-decodes each candidate from its own box to score it
 
     def for_fused(self) -> PropagationSettings:
         """These settings with the fused prompts' validated stop: a wider, elongated search in the orthogonal
@@ -259,32 +263,40 @@ class LesionPropagator:
             self.messages.append("the tighter ROI lost the lesion; kept the wide crop")
         return crop, mask, score
 
-    def _search(self, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives):
+    def _search(self, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives,
+                verify: bool = True):
         embedding = self._embedding(k, crop)
         points, labels = self._prompt_points(k, crop, positives, negatives)
         return self._best_at_click(embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
-                                   self.pixel_mm, lambda b: self._exclude(b, k, crop, negatives), points, labels)
+                                   self.pixel_mm, lambda b: self._exclude(b, k, crop, negatives), points, labels,
+                                   verify=verify)
 
     def _best_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
-                       exclude=None, points=None, labels=None, aspects=(1.0,)) -> tuple[np.ndarray, float]:
-        """Box search around a click on one embedded crop: the best self-consistent candidate."""
+                       exclude=None, points=None, labels=None, aspects=(1.0,),
+                       verify: bool = True) -> tuple[np.ndarray, float]:
+        """Box search around a click on one embedded crop: the best self-consistent candidate.
+
+        Without ``verify`` the candidates are scored by the model's predicted IoU alone (half the decoding).
+        """
         if self.prompter is not None and self.fused:
-            return self._fused_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects)
+            return self._fused_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects,
+                                        verify)
         if self.prompter is not None:
             found = self._learned_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels)
             if found is not None:
                 return found
             self.messages.append("the learned prompter found nothing at the click; used the box search")
         candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                                       aspects=aspects)
+                                                       aspects=aspects, verify=verify)
         if not candidates:
             return np.zeros((side, side), bool), 0.0
         best = int(np.argmax(scores))
         return candidates[best], scores[best]
 
     def _candidates_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, extra=None,
-                             aspects=(1.0,)):
-        """Rule-based candidates at a click with their scores (predicted IoU x self-consistency)."""
+                             aspects=(1.0,), verify: bool = True):
+        """Rule-based candidates at a click with their scores (predicted IoU x self-consistency, or the
+        predicted IoU alone without ``verify``)."""
         s = self.settings
         cj, ci = click_rc
         radii = np.array(s.seed_half_sizes_mm) / pixel_mm
@@ -297,9 +309,11 @@ class LesionPropagator:
             boxes = exclude(boxes)
         first = self.predictor.decode(embedding, side, boxes, points, labels)
         radius = int(round(s.click_radius_mm / pixel_mm))
-        candidates = [c for c in (_component_at(m, (cj, ci), radius, s.fill_holes) for m in first.masks) if c.any()]
-        if not candidates:
-            return [], []
+        kept = [(c, float(p)) for c, p in zip((_component_at(m, (cj, ci), radius, s.fill_holes) for m in first.masks),
+                                               first.iou, strict=True) if c.any()]
+        if not kept or not verify:
+            return [c for c, _ in kept], [p for _, p in kept]
+        candidates = [c for c, _ in kept]
         own_boxes = np.stack([_box_of(c, s.box_margin, s.box_margin_px) for c in candidates])
         if exclude is not None:
             own_boxes = exclude(own_boxes)
@@ -316,14 +330,15 @@ class LesionPropagator:
         # The stop rules read the best rule score: the lesion goes on if any candidate is confident.
         return candidates[best], max(scores)
 
-    def _fused_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects=(1.0,)):
+    def _fused_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects=(1.0,),
+                        verify: bool = True):
         """The rule-based search at a click, ranked by the learned prompter's mask at the click."""
         coarse = self.prompter.seed(embedding, side, click_rc)
         extra = None
         if coarse.box is not None:
             extra = coarse.box + np.array([-1, -1, 1, 1], np.float32) * self.settings.box_margin_px
         candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                                       extra, aspects)
+                                                       extra, aspects, verify)
         if not candidates:
             return np.zeros((side, side), bool), 0.0
         return self._fuse(candidates, scores, coarse.in_crop(side))
@@ -405,12 +420,13 @@ class LesionPropagator:
     # --- propagation ----------------------------------------------------------------------
     def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
               require: tuple[int, int] | None = None, forbid: tuple[int, int] | None = None,
-              scales: tuple[float, ...] | None = None):
+              scales: tuple[float, ...] | None = None, verify: bool = True):
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0).
 
         With ``require`` (crop row, column) only candidates that reach that point count; with
         ``forbid`` only those that leave it out, if any does. ``scales`` replaces the box sizes
-        tried around the previous mask (``propagation_scales``).
+        tried around the previous mask (``propagation_scales``). Without ``verify`` the candidates
+        are scored by the predicted IoU alone, not re-decoded from their own boxes.
         """
         s = self.settings
         embedding = self._embedding(k, crop)
@@ -431,8 +447,8 @@ class LesionPropagator:
         points, labels = self._prompt_points(k, crop, positives, negatives)
         first = self.predictor.decode(embedding, crop.side, boxes, points, labels)
         reach = ndimage.binary_dilation(previous, iterations=max(2, int(round(3 / self.pixel_mm))))
-        candidates = []
-        for mask in first.masks:
+        candidates, predicted = [], []
+        for mask, iou in zip(first.masks, first.iou, strict=True):
             if s.fill_holes:
                 mask = ndimage.binary_fill_holes(mask)
             labels_2d, _ = ndimage.label(mask)
@@ -445,13 +461,18 @@ class LesionPropagator:
                 component = component | at_point
             if component.any():
                 candidates.append(component)
+                predicted.append(float(iou))
         if forbid is not None and any(not c[forbid] for c in candidates):
+            predicted = [p for c, p in zip(candidates, predicted, strict=True) if not c[forbid]]
             candidates = [c for c in candidates if not c[forbid]]
         if not candidates:
             return None, 0.0
-        own = self._exclude(np.stack([_box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
-        second = self.predictor.decode(embedding, crop.side, own, points, labels)
-        scores = [float(p) * _iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
+        if verify:
+            own = self._exclude(np.stack([_box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
+            second = self.predictor.decode(embedding, crop.side, own, points, labels)
+            scores = [float(p) * _iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
+        else:
+            scores = predicted
         if coarse is not None:
             return self._fuse(candidates, scores, coarse.in_crop(crop.side) if coarse.box is not None
                               else np.zeros_like(previous))
@@ -526,7 +547,7 @@ class LesionPropagator:
                     if extents:
                         ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
                     self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
-                mask, score = self._step(k, crop, previous, positives, negatives)
+                mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify)
                 reason = self._stop_reason(k, crop, mask, score, previous, largest, reference)
                 if reason:
                     result.stops.append(f"stopped at slice {k}: {reason}")
@@ -570,14 +591,15 @@ class LesionPropagator:
                             reference=lesion.reference)
         depth = self.volume.shape[0]
         if positive:
-            found, score = self._search(k, (j, i), crop, [], negatives)  # the seed's box search, at this click
+            found, score = self._search(k, (j, i), crop, [], negatives, s.correction_verify)  # the seed's search
             if not found.any() or score < s.min_seed_score:
                 nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
                 disk = np.zeros_like(nearest)
                 radius = max(1, int(round(s.click_radius_mm / self.pixel_mm)))
                 disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
                      max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
-                found, _ = self._step(k, crop, nearest | disk, [], negatives, require=click_ji)
+                found, _ = self._step(k, crop, nearest | disk, [], negatives, require=click_ji,
+                                      verify=s.correction_verify)
             if found is None or not found.any():
                 self.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
                 return lesion
@@ -587,7 +609,7 @@ class LesionPropagator:
             lo = max(0, k - extend) if k < min(old) else min(old)
             hi = min(depth - 1, k + extend) if k > max(old) else max(old)
         else:
-            new, _ = self._step(k, crop, old[k], [], negatives, forbid=click_ji)
+            new, _ = self._step(k, crop, old[k], [], negatives, forbid=click_ji, verify=s.correction_verify)
             if new is not None:
                 new = new & old[k]
                 if new[click_ji]:  # no candidate left the click out: cut its component out by hand
@@ -605,7 +627,8 @@ class LesionPropagator:
             towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
             previous, kk = follow, k + direction
             while lo <= kk <= hi and not (towards_start and kk == lesion.start_k):
-                mask, score = self._step(kk, crop, previous, [], negatives, scales=s.correction_scales)
+                mask, score = self._step(kk, crop, previous, [], negatives, scales=s.correction_scales,
+                                         verify=s.correction_verify)
                 if not positive and mask is not None:
                     mask = mask & old[kk]
                 reason = self._stop_reason(kk, crop, mask, score, previous, largest, lesion.reference)

@@ -301,3 +301,51 @@ def test_each_scan_gets_the_fold_that_never_saw_its_patient(tmp_path):
     assert held_out_fold(tmp_path, "brain1") == tmp_path / "fold1.safetensors"
     with pytest.raises(KeyError):
         held_out_fold(tmp_path, "STS_002_CT")
+
+
+@pytest.mark.slow
+def test_training_encodes_a_cold_cache_in_a_process_of_its_own_and_never_loads_the_encoder_for_a_warm_one(
+        cases, tmp_path):
+    """``train-prompting --jobs N`` forks its fold workers; a process forked after the encoder ran can
+    deadlock, so the cache is filled apart (``_fill_cache``) and the parent only reads it."""
+    from ProMISeLib.prompting.dataset import ExtractionSettings
+    from ProMISeLib.prompting.pipeline import _fill_cache, _LazyEncoder, extract_all
+
+    case = cases["brain1"]
+    _fill_cache([case], tmp_path, ("litemedsam", "cpu", "onnx"))
+    assert (tmp_path / "brain1.npz").is_file()
+    encoder = _LazyEncoder("litemedsam", "cpu", "onnx")
+    data = extract_all([case], encoder, tmp_path, ExtractionSettings(), say=lambda message: None)
+    assert encoder._embed is None  # every slice came from the cache
+    (structure,) = data["brain1"]
+    assert structure.structure == "lesion" and structure.embeddings.shape[1] == 256
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(verify):
+    """``propagation_verify`` / ``correction_verify``: the own-box re-decode is what doubles a step's cost."""
+    from ProMISeLib.predictor import Decoded
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    disc = _disc(32, (16, 16), 6).astype(bool)
+
+    class Predictor:
+        calls: list[int] = []
+
+        def embed(self, volume, ks, crop):
+            return dict.fromkeys(ks)
+
+        def decode(self, embedding, side, boxes, points=None, labels=None):
+            n = len(np.asarray(boxes).reshape(-1, 4))
+            self.calls.append(n)
+            return Decoded(np.where(disc, 1.0, -1.0)[None].repeat(n, 0).astype(np.float32),
+                           np.full(n, 0.8, np.float32))
+
+    predictor = Predictor()
+    propagator = LesionPropagator(predictor, np.full((3, 32, 32), 100.0, np.float32), (1.0, 1.0), 1.0,
+                                  PropagationSettings(encode_ahead=0))
+    mask, score = propagator._step(1, CropWindow.around((16, 16), 32), disc, [], [], verify=verify)
+    assert (mask == disc).all()
+    scales = len(PropagationSettings().propagation_scales)
+    assert predictor.calls == ([scales, scales] if verify else [scales])
+    assert score == pytest.approx(0.8)  # the decoder reproduces the mask from its own box: agreement 1

@@ -175,7 +175,6 @@ def train_prompting(output: Path, data_dir: Path | None = None, cache: Path | No
                     runtime: str = "onnx", train: TrainSettings | None = None, config: PromptNetConfig | None = None,
                     settings: PipelineSettings | None = None, jobs: int = 1, say: MessageFn = print) -> dict:
     """The whole job behind ``promise train-prompting``; returns the shipped weights' card."""
-    from ..engine import Segmenter
     from ..settings import cache_dir
 
     settings = settings or PipelineSettings()
@@ -185,7 +184,37 @@ def train_prompting(output: Path, data_dir: Path | None = None, cache: Path | No
 
         raise InvalidInputError(f"no labelled scans in {data_dir or 'the data folder'} (set PROMISE_DATA_DIR)")
     cache = cache or cache_dir() / "prompting" / settings.backbone
-    predictor = Segmenter(model=settings.backbone, device=device, runtime=runtime, prompts="heuristic",
-                          cache_mb=64).load()
-    data = extract_all(cases, predictor.embed, cache, ExtractionSettings(), say)
+    encoder = (settings.backbone, device, runtime)
+    if jobs > 1 and any(not (cache / f"{c.id}.npz").is_file() for c in cases):
+        # The folds train in processes forked from this one, and a process forked after the encoder has run
+        # torch's and ONNX Runtime's thread pools can deadlock; so the encoding runs in a process of its own.
+        worker = multiprocessing.get_context("spawn").Process(target=_fill_cache,
+                                                              args=(cases, cache, encoder))
+        worker.start()
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"encoding the training slices failed (exit code {worker.exitcode})")
+    data = extract_all(cases, _LazyEncoder(*encoder), cache, ExtractionSettings(), say)
     return run(data, Path(output), train or TrainSettings(), config or PromptNetConfig(), settings, say, jobs)
+
+
+class _LazyEncoder:
+    """The frozen encoder's ``embed``, loaded on the first slice that the cache does not hold."""
+
+    def __init__(self, backbone: str, device: str, runtime: str) -> None:
+        self.args = backbone, device, runtime
+        self._embed = None
+
+    def __call__(self, *args, **kwargs):
+        if self._embed is None:
+            from ..engine import Segmenter
+
+            backbone, device, runtime = self.args
+            self._embed = Segmenter(model=backbone, device=device, runtime=runtime, prompts="heuristic",
+                                    cache_mb=64).load().embed
+        return self._embed(*args, **kwargs)
+
+
+def _fill_cache(cases: list[Case], cache: Path, encoder: tuple[str, str, str]) -> None:
+    """Encode every case the cache lacks (the target of a spawned process)."""
+    extract_all(cases, _LazyEncoder(*encoder), cache, ExtractionSettings())
