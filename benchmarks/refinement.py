@@ -25,7 +25,6 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +52,11 @@ def run(args: argparse.Namespace) -> None:
     shard, shards = (int(v) for v in args.shard.split("/"))
     wanted = set(filter(None, args.cases.split(",")))
     cases = [c for c in load_cases() if c.label_values and (not wanted or c.id in wanted)][shard::shards]
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=600)
-    # A fold's card names no default mode, so ``auto`` runs what the shipped card runs; --settings
-    # replaces fields of that mode's settings.
-    settings = replace(segmenter.run_settings(), **json.loads(args.settings)) if args.settings else None
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=segmenter.resolved_prompts, cache_mb=600,
-                          settings=settings)
+    # A fold's card names no default mode, so ``auto`` runs what the shipped card runs.
+    shipped = Segmenter(device="cpu", prompts=args.prompts).resolved_prompts
+    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=shipped, cache_mb=600)
+    if args.settings:  # fields of that mode's settings replaced
+        segmenter.replace_settings(**json.loads(args.settings))
     for case in cases:
         target = out / f"{case.id}.json"
         if target.exists():

@@ -28,7 +28,6 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,14 +145,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    options = dict(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir,
-                   precision=args.precision, prompts=args.prompts, prompter_weights=args.prompter_weights)
-    segmenter = Segmenter(**options)
+    segmenter = Segmenter(device=args.device, weights=args.weights, runtime=args.runtime, onnx_dir=args.onnx_dir,
+                          precision=args.precision, prompts=args.prompts, prompter_weights=args.prompter_weights)
     overrides = json.loads(args.settings) if args.settings else {}
     if args.encode_ahead is not None:
         overrides["encode_ahead"] = args.encode_ahead
     if overrides:  # the mode's defaults (the fused prompts add their own) with these fields replaced
-        segmenter = Segmenter(**options, settings=replace(segmenter.run_settings(), **overrides))
+        segmenter.replace_settings(**overrides)
     predictor = segmenter.load()
     device = segmenter.device
     # PyTorch fp32 on the same device: the plain path's model, and the one whose FLOPs are counted.

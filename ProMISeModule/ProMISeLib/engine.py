@@ -17,6 +17,7 @@ import json
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,6 +123,12 @@ class Segmenter:
         if self._settings_given or self.resolved_prompts != "fused":
             return self.settings
         return self.settings.for_fused()
+
+    def replace_settings(self, **fields) -> PropagationSettings:
+        """Replace these fields of :meth:`run_settings` (the mode's own defaults kept); returns the result."""
+        self.settings = replace(self.run_settings(), **fields)
+        self._settings_given = True
+        return self.settings
 
     def load(self) -> SlicePredictor | Promise3DRunner:
         """Load the weights (hash-checked) and build the model, once.
@@ -265,7 +272,7 @@ class Segmenter:
         normalised, _ = self._normalise(volume, modality)
         spacing_ji = (geometry.spacing[1], geometry.spacing[0])
         prompter = self.learned_prompter()
-        fused = prompter is not None and self._mode == "fused"
+        fused = self.resolved_prompts == "fused"
         settings = self.run_settings()
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
                                       progress, cancel, prompter=prompter, fused=fused)
