@@ -5,12 +5,17 @@ The predictor talks only to a backend:
 * ``encode(images)``: (B, 3, S, S) float32 model input -> (B, C, h, w) image embeddings;
 * ``decode(embedding, boxes, points, labels)``: one image's embedding and N box prompts in
   model-input pixels -> (N, 1, H, W) mask logits and (N, 1) predicted IoU.
+
+Both decode with :class:`~.models.prompt_batch_decoder.PromptBatchDecoder`: SAM's mask decoder
+with its products regrouped so that N prompts on one image share the image side.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .models.prompt_batch_decoder import PromptBatchDecoder
 
 
 class TorchBackend:
@@ -21,6 +26,7 @@ class TorchBackend:
         self.device = device
         self.half = half
         self.runtime = "torch-fp16" if half else "torch"
+        self.decoder = PromptBatchDecoder(model.prompt_encoder, model.mask_decoder)
         if self.half:
             self.model.image_encoder.half()  # the encoder in fp16; prompts and decoder stay fp32
 
@@ -41,9 +47,5 @@ class TorchBackend:
             coords = torch.as_tensor(points, dtype=torch.float32, device=self.device)
             lab = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
             point_prompt = (coords[None].expand(n, -1, -1), lab[None].expand(n, -1))
-        encoder = self.model.prompt_encoder
-        sparse, dense = encoder(points=point_prompt, boxes=box_t, masks=None)
-        return self.model.mask_decoder(
-            image_embeddings=embedding.to(self.device), image_pe=encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-        )
+        sparse, _ = self.model.prompt_encoder(points=point_prompt, boxes=box_t, masks=None)
+        return self.decoder(embedding.to(self.device), sparse)

@@ -32,7 +32,7 @@ from .models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from .predictor import EmbeddingCache, SlicePredictor
 from .preprocess import Modality, detect_modality, normalize_intensities
 from .prompting import PROMPT_MODES, PROMPTER_MODES
-from .propagation import LesionPropagator, PropagationSettings, SliceMasks, assemble
+from .propagation import LesionPropagator, PropagationSettings, SliceMasks, StepCandidates, assemble
 from .result import SegmentationResult, bounding_box
 from .validation import validate_volume
 from .weights import resolve_weights
@@ -111,6 +111,8 @@ class Segmenter:
                                                         encode_ahead=2 if self.device.type == "cuda" else 0)
         self.cache = EmbeddingCache(cache_mb)
         self.memory = LesionMemory()  # lesions found on the current volume, for cheap refinement clicks
+        #: Called with each propagation step's candidates when set (diagnostics; ``benchmarks/candidates.py``).
+        self.on_candidates: Callable[[StepCandidates], None] | None = None
         self._predictor: SlicePredictor | None = None
         self._normalised: tuple[weakref.ref, str, np.ndarray, str] | None = None
 
@@ -207,12 +209,21 @@ class Segmenter:
 
     def _onnx_backend(self):
         """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
-        from .onnx_backend import MANIFEST, OnnxBackend, add_int8_encoder, export_onnx, int8_is_current, read_manifest
+        from .onnx_backend import (
+            MANIFEST,
+            OnnxBackend,
+            add_int8_encoder,
+            decoder_is_current,
+            export_onnx,
+            int8_is_current,
+            read_manifest,
+        )
         from .settings import cache_dir
 
         directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
-        if self.onnx_dir is None and not (directory / MANIFEST).is_file():
-            export_onnx(self.spec.name, directory, self.weights_path)
+        if self.onnx_dir is None and (not (directory / MANIFEST).is_file()
+                                      or not decoder_is_current(read_manifest(directory))):
+            export_onnx(self.spec.name, directory, self.weights_path)  # into the cache, first use or an older graph
         if self.onnx_dir is None and self.precision == "int8" and not int8_is_current(read_manifest(directory)):
             add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
@@ -276,6 +287,7 @@ class Segmenter:
         settings = self.run_settings()
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
                                       progress, cancel, prompter=prompter, fused=fused)
+        propagator.on_candidates = self.on_candidates
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = self._lesions_afresh(propagator, positives, negatives, progress)
         else:

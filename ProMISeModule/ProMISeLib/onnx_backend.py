@@ -21,6 +21,7 @@ from torch import nn
 
 from .download import sha256_of
 from .errors import CheckpointError, InvalidInputError
+from .models.prompt_batch_decoder import PromptBatchDecoder
 from .volume_io import atomic_write
 
 MANIFEST = "manifest.json"
@@ -35,19 +36,22 @@ PRECISIONS = ("fp32", "int8")
 INT8_SETTINGS = {"op_types": ["MatMul"], "weight_type": "QUInt8", "per_channel": True, "reduce_range": False}
 
 
+#: The decoder graph's version in the manifest: 2 is :class:`PromptBatchDecoder` (prompts share the image side).
+#: A cached export of an older graph is exported anew (:func:`decoder_is_current`).
+DECODER_GRAPH = 2
+
+
 class _BoxDecoder(nn.Module):
     """Prompt encoder + mask decoder for box prompts on one image embedding."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
+        self.decoder = PromptBatchDecoder(model.prompt_encoder, model.mask_decoder)
 
     def forward(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        return self.mask_decoder(image_embeddings=image_embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=False)
+        sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return self.decoder(image_embeddings, sparse)
 
 
 def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = None, opset: int = 17,
@@ -82,7 +86,7 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
                       opset_version=opset, dynamo=False)
     manifest = {
         "model": spec.name, "input_size": size, "scaling": spec.scaling.mode, "opset": opset,
-        "embedding_shape": list(embedding.shape[1:]), "torch": torch.__version__,
+        "embedding_shape": list(embedding.shape[1:]), "decoder_graph": DECODER_GRAPH, "torch": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "files": {role: {"name": path.name, "sha256": sha256_of(path)} for role, path in files.items()},
     }
@@ -99,6 +103,11 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+def decoder_is_current(manifest: dict) -> bool:
+    """Whether the export's decoder is today's graph (:data:`DECODER_GRAPH`); an older one decodes slower."""
+    return manifest.get("decoder_graph") == DECODER_GRAPH
 
 
 def int8_is_current(manifest: dict) -> bool:

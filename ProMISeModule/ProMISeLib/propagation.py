@@ -103,6 +103,20 @@ class PropagationSettings:
 FUSED_DEFAULTS = {"orthogonal_context_mm": 320.0, "orthogonal_aspects": (1.0, 1.7, 2.8), "orthogonal_tolerance": 4}
 
 
+@dataclass(frozen=True)
+class StepCandidates:
+    """What one propagation step weighed (for diagnostics: :attr:`LesionPropagator.on_candidates`)."""
+
+    k: int
+    crop: CropWindow
+    previous: np.ndarray  # the neighbouring slice's mask the boxes came from
+    candidates: list[np.ndarray]  # crop masks, one per box that reached the previous mask
+    predicted: list[float]  # the model's predicted IoU of each
+    scores: list[float]  # the rule score of each (predicted IoU, times self-consistency when verified)
+    coarse: np.ndarray | None  # the learned prompter's coarse mask (fused prompts), else None
+    chosen: int  # the index kept
+
+
 @dataclass
 class SliceMasks:
     """Per-slice crop masks of one lesion."""
@@ -182,6 +196,8 @@ class LesionPropagator:
         self.cancel = cancel
         self.messages: list[str] = []
         self.decoded_slices = 0  # axial slices decoded in this propagator's calls
+        #: Called with each propagation step's :class:`StepCandidates` when set (benchmarks/candidates.py).
+        self.on_candidates: Callable[[StepCandidates], None] | None = None
 
     # --- helpers --------------------------------------------------------------------------
     def _check_cancel(self) -> None:
@@ -322,13 +338,18 @@ class LesionPropagator:
                   for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
         return candidates, scores
 
-    def _fuse(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray) -> tuple[np.ndarray, float]:
-        """The candidate with the best rule score x Dice with the learned coarse mask, and the best rule score."""
+    def _fused_choice(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray) -> tuple[int, float]:
+        """The index of the candidate with the best rule score x Dice with the learned coarse mask, and the
+        best rule score."""
         s = self.settings
         fused = [sc * max(dice(c, coarse), 1e-3) ** s.fusion_weight for c, sc in zip(candidates, scores, strict=True)]
-        best = int(np.argmax(fused))
         # The stop rules read the best rule score: the lesion goes on if any candidate is confident.
-        return candidates[best], max(scores)
+        return int(np.argmax(fused)), max(scores)
+
+    def _fuse(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray) -> tuple[np.ndarray, float]:
+        """The candidate :meth:`_fused_choice` picks, and the best rule score."""
+        best, score = self._fused_choice(candidates, scores, coarse)
+        return candidates[best], score
 
     def _fused_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects=(1.0,),
                         verify: bool = True):
@@ -473,11 +494,16 @@ class LesionPropagator:
             scores = [float(p) * _iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
         else:
             scores = predicted
+        reference = None
         if coarse is not None:
-            return self._fuse(candidates, scores, coarse.in_crop(crop.side) if coarse.box is not None
-                              else np.zeros_like(previous))
-        best = int(np.argmax(scores))
-        return candidates[best], scores[best]
+            reference = coarse.in_crop(crop.side) if coarse.box is not None else np.zeros_like(previous)
+            best, score = self._fused_choice(candidates, scores, reference)
+        else:
+            best = int(np.argmax(scores))
+            score = scores[best]
+        if self.on_candidates is not None:
+            self.on_candidates(StepCandidates(k, crop, previous, candidates, predicted, scores, reference, best))
+        return candidates[best], score
 
     def _learned_step(self, k: int, crop: CropWindow, embedding, previous: np.ndarray, positives, negatives):
         """The learned prompter's box on slice k given the previous mask; (None, 0) where the lesion ends."""

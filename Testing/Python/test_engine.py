@@ -41,9 +41,18 @@ def test_one_click_then_refinement_reuses_embeddings(segmenter, small_tumour):
     np.testing.assert_array_equal(again.mask, first.mask)
     # Forgotten (a new session), every slice is decoded again but every embedding comes from the cache.
     segmenter.memory.clear()
-    anew = segmenter.segment(volume, geometry, [lps], space="lps")
+    steps = []
+    segmenter.on_candidates = steps.append  # the diagnostics hook reports each propagation step's candidates
+    try:
+        anew = segmenter.segment(volume, geometry, [lps], space="lps")
+    finally:
+        segmenter.on_candidates = None
     assert anew.encoded_slices == 0 and anew.cached_slices > 0 and anew.decoded_slices == first.decoded_slices
     np.testing.assert_array_equal(anew.mask, first.mask)
+    kept = [step for step in steps if anew.mask[step.k].any()]
+    assert kept
+    for step in kept:  # the candidate reported as chosen is the slice's mask
+        np.testing.assert_array_equal(step.crop.extract(anew.mask[step.k]).astype(bool), step.candidates[step.chosen])
     # A negative click on a segmented voxel removes that voxel's region on its slice.
     k, j, i = np.argwhere(first.mask)[len(np.argwhere(first.mask)) // 2]
     refined = segmenter.segment(volume, geometry, [click[::-1]], negative_points=[(i, j, k)], space="ijk")

@@ -1,0 +1,123 @@
+"""SAM's mask decoder with its attention products regrouped for many prompts on one image.
+
+SAM's ``MaskDecoder`` repeats the image embedding once per prompt, then projects all of its
+``h * w`` image tokens (4096 for a 64 x 64 embedding) in every cross attention. A box prompt has
+only 7 tokens (the IoU token, 4 mask tokens and 2 box corners), so the same products cost less the
+other way round: the few prompt tokens are carried into the image's channel space and the image
+tokens are never projected.
+
+* tokens -> image: ``softmax(q Wk (x + pe)^T) (x Wv^T + bv)`` is computed as
+  ``softmax((q Wk) (x + pe)^T) x`` then ``Wv^T, + bv`` (the key bias adds a constant per row,
+  which the softmax removes; a row of attention weights sums to 1, so the value bias passes through);
+* image -> tokens: the query projection of the image is folded into the keys (``Wq^T k^T``), and
+  the output projection into the values (``v Wo^T``).
+
+On the first layer the image side is the same for every prompt, so those products are shared.
+Per prompt this is about a third of SAM's multiply-adds for a 64 x 64 embedding (the upscaling
+convolutions, unchanged, are most of what is left). The weights are SAM's own modules, frozen and
+unchanged; the outputs equal ``MaskDecoder(multimask_output=False)`` to float rounding
+(``Testing/Python/test_prompt_batch_decoder.py``). Dense (mask) prompts are not supported: the
+engine never gives them, and without them the image side is shared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(N, T, D) -> (N, heads, T, D / heads)."""
+    n, t, d = x.shape
+    return x.reshape(n, t, heads, d // heads).transpose(1, 2)
+
+
+def _tokens_to_image(attention: nn.Module, queries: Tensor, query_pe: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
+    """SAM's token-to-image attention; ``keys`` (P, C) shared by every prompt or (N, P, C) per prompt."""
+    heads = attention.num_heads
+    n, t, _ = queries.shape
+    q = _split_heads(attention.q_proj(queries + query_pe), heads)  # (N, h, T, d)
+    d = attention.internal_dim // heads  # a Python int, so an exported graph keeps it a constant
+    c = keys.shape[-1]
+    qk = q @ attention.k_proj.weight.reshape(heads, d, c)  # (N, h, T, C): queries carried into channel space
+    positioned = keys + key_pe
+    if keys.dim() == 2:  # one image for every prompt: a single large product
+        scores = qk.reshape(n * heads * t, c) @ positioned.T
+        weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+        mixed = (weights @ keys).reshape(n, heads, t, c)
+    else:
+        scores = qk.reshape(n, heads * t, c) @ positioned.transpose(1, 2)
+        weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+        mixed = (weights @ keys).reshape(n, heads, t, c)
+    value_w = attention.v_proj.weight.reshape(heads, d, c).transpose(1, 2)  # (h, C, d)
+    values = mixed @ value_w + attention.v_proj.bias.reshape(heads, 1, d)  # (N, h, T, d)
+    return attention.out_proj(values.transpose(1, 2).reshape(n, t, heads * d))
+
+
+def _image_to_tokens(attention: nn.Module, image: Tensor, image_pe: Tensor, tokens: Tensor, token_pe: Tensor) -> Tensor:
+    """SAM's image-to-token attention; ``image`` (P, C) shared or (N, P, C) per prompt; returns (N, P, C)."""
+    heads = attention.num_heads
+    n, t, _ = tokens.shape
+    k = _split_heads(attention.k_proj(tokens + token_pe), heads)  # (N, h, T, d)
+    v = _split_heads(attention.v_proj(tokens), heads)
+    d = attention.internal_dim // heads
+    c = image.shape[-1]
+    query_w = attention.q_proj.weight.reshape(heads, d, c)
+    folded = (query_w.transpose(1, 2) @ k.transpose(2, 3))  # (N, h, C, T): the image's query projection, folded in
+    bias = attention.q_proj.bias.reshape(heads, 1, d) @ k.transpose(2, 3)  # (N, h, 1, T)
+    positioned = image + image_pe
+    if image.dim() == 2:
+        scores = positioned @ folded.permute(2, 0, 1, 3).reshape(c, n * heads * t)  # (P, N h T)
+        scores = scores.reshape(-1, n, heads, t).permute(1, 0, 2, 3)  # (N, P, h, T)
+    else:
+        scores = (positioned @ folded.permute(0, 2, 1, 3).reshape(n, c, heads * t)).reshape(n, -1, heads, t)
+    scores = scores + bias.permute(0, 2, 1, 3)  # (N, 1, h, T)
+    weights = torch.softmax(scores / math.sqrt(d), dim=-1).reshape(n, -1, heads * t)
+    out_w = attention.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (h, d, C)
+    values = (v @ out_w).reshape(n, heads * t, c)  # (N, h T, C): the output projection, folded into the values
+    return weights @ values + attention.out_proj.bias
+
+
+class PromptBatchDecoder(nn.Module):
+    """Prompt embeddings on one image embedding -> SAM's single-mask logits and predicted IoU."""
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+    def forward(self, image_embedding: Tensor, sparse: Tensor) -> tuple[Tensor, Tensor]:
+        """(1, C, h, w) embedding and (N, T, C) sparse prompt embeddings -> (N, 1, 4h, 4w) logits, (N, 1) IoU."""
+        decoder = self.mask_decoder
+        transformer = decoder.transformer
+        n = sparse.shape[0]
+        _, c, h, w = image_embedding.shape
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens[None].expand(n, -1, -1), sparse], dim=1)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1)
+        keys = (image_embedding + no_mask).flatten(2)[0].T  # (P, C), shared until the first layer updates it
+        key_pe = self.prompt_encoder.get_dense_pe().flatten(2)[0].T
+        queries = tokens
+        for layer in transformer.layers:
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + tokens
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries, tokens,
+                                                             keys, key_pe))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys, key_pe,
+                                                       queries, tokens))
+        queries = transformer.norm_final_attn(
+            queries + _tokens_to_image(transformer.final_attn_token_to_image, queries, tokens, keys, key_pe))
+        src = keys.transpose(1, 2).reshape(n, c, h, w)
+        upscaled = decoder.output_upscaling(src)
+        hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])  # the first mask token: single-mask output
+        b, cu, hu, wu = upscaled.shape
+        masks = (hyper[:, None, :] @ upscaled.reshape(b, cu, hu * wu)).reshape(b, 1, hu, wu)
+        iou = decoder.iou_prediction_head(queries[:, 0, :])[:, :1]
+        return masks, iou

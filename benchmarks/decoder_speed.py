@@ -1,0 +1,133 @@
+"""Decoder milliseconds per prompt: segment-anything's MaskDecoder against the engine's PromptBatchDecoder.
+
+Both run the same frozen LiteMedSAM weights on the same real embedding (a brain1 lesion slice), in
+PyTorch and in ONNX Runtime (each exported here from the same module), at the prompt batches the
+engine decodes: 1 (a learned prompt), 6 (a propagated slice's candidates) and 12 (a seed search).
+The script also records the largest logit difference between the two, and the matmul rate of the
+machine in the same run. Median of repeated runs.
+
+    python benchmarks/decoder_speed.py --threads 2 --out benchmarks/results/decoder_speed_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
+from ProMISeLib.models.registry import get_model_spec
+from ProMISeLib.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.sample_data import lesion_click, load_cases, read_case
+from ProMISeLib.weights import resolve_weights
+from torch import nn
+
+
+class SamBoxDecoder(nn.Module):
+    """Box prompts through segment-anything's own MaskDecoder (the reference)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder = model.prompt_encoder, model.mask_decoder
+
+    def forward(self, embedding: torch.Tensor, boxes: torch.Tensor):
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                 multimask_output=False)
+
+
+class FastBoxDecoder(nn.Module):
+    """Box prompts through the engine's PromptBatchDecoder."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.decoder = PromptBatchDecoder(model.prompt_encoder, model.mask_decoder)
+
+    def forward(self, embedding: torch.Tensor, boxes: torch.Tensor):
+        sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return self.decoder(embedding, sparse)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_seconds(lambda: a @ b, 10) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--out", default="benchmarks/results/decoder_speed_cpu.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import onnxruntime as ort
+
+    spec = get_model_spec("litemedsam")
+    model = spec.build(resolve_weights(spec.weights, None)).eval()
+    case = next(c for c in load_cases() if c.id == "brain1")
+    volume, _, truth = read_case(case)
+    k, j, i = lesion_click(truth)
+    normalised, _ = normalize_intensities(volume)
+    crop = CropWindow.around((j, i), 120)
+    decoders = {"sam": SamBoxDecoder(model), "prompt_batch": FastBoxDecoder(model)}
+    with torch.inference_mode():
+        embedding = model.image_encoder(spec.scaling.to_input(crop.extract(normalised[k])[None]))
+    rng = np.random.default_rng(0)
+    report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "matmul_gflops_start": matmul_gflops(),
+              "rows": []}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, module in decoders.items():
+            path = Path(tmp) / f"{name}.onnx"
+            torch.onnx.export(module, (embedding, torch.tensor([[20.0, 30, 120, 140], [60, 50, 200, 190]])), path,
+                              input_names=["image_embeddings", "boxes"], output_names=["logits", "iou"],
+                              dynamic_axes={"boxes": {0: "n"}, "logits": {0: "n"}, "iou": {0: "n"}},
+                              opset_version=17, dynamo=False)
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed_embedding = embedding.numpy()
+    for batch in (1, 6, 12):
+        centre = rng.uniform(90, 160, (batch, 2))
+        half = rng.uniform(15, 60, (batch, 2))
+        boxes = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+        box_t = torch.from_numpy(boxes)
+        row = {"prompts": batch}
+        with torch.inference_mode():
+            outputs = {name: module(embedding, box_t) for name, module in decoders.items()}
+            for name, module in decoders.items():
+                seconds = median_seconds(lambda m=module, b=box_t: m(embedding, b), args.repeats)
+                row[f"torch_{name}_ms"] = seconds * 1000 / batch
+        for name, session in sessions.items():
+            feed = {"image_embeddings": feed_embedding, "boxes": boxes}
+            seconds = median_seconds(lambda s=session, f=feed: s.run(None, f), args.repeats)
+            row[f"onnx_{name}_ms"] = seconds * 1000 / batch
+        row["max_logit_difference"] = float((outputs["sam"][0] - outputs["prompt_batch"][0]).abs().max())
+        row["masks_differing_pixels"] = int(((outputs["sam"][0] > 0) != (outputs["prompt_batch"][0] > 0)).sum())
+        row["torch_ratio"] = row["torch_prompt_batch_ms"] / row["torch_sam_ms"]
+        row["onnx_ratio"] = row["onnx_prompt_batch_ms"] / row["onnx_sam_ms"]
+        report["rows"].append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    report["matmul_gflops_end"] = matmul_gflops()
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
