@@ -229,6 +229,9 @@ class Segmenter:
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
                               precision="int8" if self.precision == "int8" else "fp32")
         self.messages.extend(backend.messages)
+        if not decoder_is_current(backend.manifest):  # a user's own export, from before the regrouped decoder
+            self.messages.append(f"{directory} holds an older decoder graph (same masks, slower); "
+                                 "run `promise export` again to decode faster")
         return backend
 
     def _normalise(self, volume: np.ndarray, modality: Modality) -> tuple[np.ndarray, str]:

@@ -95,3 +95,11 @@ def test_a_cached_onnx_export_of_the_old_decoder_graph_is_exported_anew(tmp_path
     manifest_path.write_text(json.dumps(manifest))
     Segmenter(device="cpu", runtime="onnx").load()
     assert json.loads(manifest_path.read_text())["decoder_graph"] == DECODER_GRAPH
+    # A user's own export directory is never rewritten: it runs, and the user is told how to speed it up.
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["decoder_graph"]
+    manifest_path.write_text(json.dumps(manifest))
+    own = Segmenter(device="cpu", runtime="onnx", onnx_dir=str(manifest_path.parent))
+    own.load()
+    assert "decoder_graph" not in json.loads(manifest_path.read_text())
+    assert any("older decoder graph" in m for m in own.messages)
