@@ -7,14 +7,14 @@ other way round: the few prompt tokens are carried into the image's channel spac
 tokens are never projected.
 
 * tokens -> image: ``softmax(q Wk (x + pe)^T) (x Wv^T + bv)`` is computed as
-  ``softmax((q Wk) (x + pe)^T) x`` then ``Wv^T, + bv`` (the key bias adds a constant per row,
-  which the softmax removes; a row of attention weights sums to 1, so the value bias passes through);
+  ``softmax((q Wk) (x + pe)^T) x``, then times ``Wv^T`` plus ``bv`` (the key bias adds a constant per
+  row, which the softmax removes; a row of attention weights sums to 1, so the value bias passes through);
 * image -> tokens: the query projection of the image is folded into the keys (``Wq^T k^T``), and
   the output projection into the values (``v Wo^T``).
 
 On the first layer the image side is the same for every prompt, so those products are shared.
-Per prompt this is about a third of SAM's multiply-adds for a 64 x 64 embedding (the upscaling
-convolutions, unchanged, are most of what is left). The weights are SAM's own modules, frozen and
+Per prompt this is about half of SAM's multiply-adds for a 64 x 64 embedding (0.9 G against 1.7 G);
+the upscaling convolutions, unchanged, are most of what is left. The weights are SAM's own modules, frozen and
 unchanged; the outputs equal ``MaskDecoder(multimask_output=False)`` to float rounding
 (``Testing/Python/test_prompt_batch_decoder.py``). Dense (mask) prompts are not supported: the
 engine never gives them, and without them the image side is shared.
@@ -45,12 +45,10 @@ def _tokens_to_image(attention: nn.Module, queries: Tensor, query_pe: Tensor, ke
     positioned = keys + key_pe
     if keys.dim() == 2:  # one image for every prompt: a single large product
         scores = qk.reshape(n * heads * t, c) @ positioned.T
-        weights = torch.softmax(scores / math.sqrt(d), dim=-1)
-        mixed = (weights @ keys).reshape(n, heads, t, c)
     else:
         scores = qk.reshape(n, heads * t, c) @ positioned.transpose(1, 2)
-        weights = torch.softmax(scores / math.sqrt(d), dim=-1)
-        mixed = (weights @ keys).reshape(n, heads, t, c)
+    weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+    mixed = (weights @ keys).reshape(n, heads, t, c)
     value_w = attention.v_proj.weight.reshape(heads, d, c).transpose(1, 2)  # (h, C, d)
     values = mixed @ value_w + attention.v_proj.bias.reshape(heads, 1, d)  # (N, h, T, d)
     return attention.out_proj(values.transpose(1, 2).reshape(n, t, heads * d))
