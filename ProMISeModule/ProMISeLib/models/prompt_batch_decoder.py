@@ -34,15 +34,16 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
     return x.reshape(n, t, heads, d // heads).transpose(1, 2)
 
 
-def _tokens_to_image(attention: nn.Module, queries: Tensor, query_pe: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
-    """SAM's token-to-image attention; ``keys`` (P, C) shared by every prompt or (N, P, C) per prompt."""
+def _tokens_to_image(attention: nn.Module, queries: Tensor, query_pe: Tensor, keys: Tensor,
+                     positioned: Tensor) -> Tensor:
+    """SAM's token-to-image attention; ``keys`` (P, C) shared by every prompt or (N, P, C) per prompt, and
+    ``positioned`` the keys plus their positional encoding."""
     heads = attention.num_heads
     n, t, _ = queries.shape
     q = _split_heads(attention.q_proj(queries + query_pe), heads)  # (N, h, T, d)
     d = attention.internal_dim // heads  # a Python int, so an exported graph keeps it a constant
     c = keys.shape[-1]
     qk = q @ attention.k_proj.weight.reshape(heads, d, c)  # (N, h, T, C): queries carried into channel space
-    positioned = keys + key_pe
     if keys.dim() == 2:  # one image for every prompt: a single large product
         scores = qk.reshape(n * heads * t, c) @ positioned.T
     else:
@@ -54,19 +55,19 @@ def _tokens_to_image(attention: nn.Module, queries: Tensor, query_pe: Tensor, ke
     return attention.out_proj(values.transpose(1, 2).reshape(n, t, heads * d))
 
 
-def _image_to_tokens(attention: nn.Module, image: Tensor, image_pe: Tensor, tokens: Tensor, token_pe: Tensor) -> Tensor:
-    """SAM's image-to-token attention; ``image`` (P, C) shared or (N, P, C) per prompt; returns (N, P, C)."""
+def _image_to_tokens(attention: nn.Module, positioned: Tensor, tokens: Tensor, token_pe: Tensor) -> Tensor:
+    """SAM's image-to-token attention; ``positioned`` is the image plus its positional encoding, (P, C) shared
+    or (N, P, C) per prompt; returns (N, P, C)."""
     heads = attention.num_heads
     n, t, _ = tokens.shape
     k = _split_heads(attention.k_proj(tokens + token_pe), heads)  # (N, h, T, d)
     v = _split_heads(attention.v_proj(tokens), heads)
     d = attention.internal_dim // heads
-    c = image.shape[-1]
+    c = positioned.shape[-1]
     query_w = attention.q_proj.weight.reshape(heads, d, c)
     folded = (query_w.transpose(1, 2) @ k.transpose(2, 3))  # (N, h, C, T): the image's query projection, folded in
     bias = attention.q_proj.bias.reshape(heads, 1, d) @ k.transpose(2, 3)  # (N, h, 1, T)
-    positioned = image + image_pe
-    if image.dim() == 2:
+    if positioned.dim() == 2:
         scores = positioned @ folded.permute(2, 0, 1, 3).reshape(c, n * heads * t)  # (P, N h T)
         scores = scores.reshape(-1, n, heads, t).permute(1, 0, 2, 3)  # (N, P, h, T)
     else:
@@ -75,7 +76,8 @@ def _image_to_tokens(attention: nn.Module, image: Tensor, image_pe: Tensor, toke
     weights = torch.softmax(scores / math.sqrt(d), dim=-1).reshape(n, -1, heads * t)
     out_w = attention.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (h, d, C)
     values = (v @ out_w).reshape(n, heads * t, c)  # (N, h T, C): the output projection, folded into the values
-    return weights @ values + attention.out_proj.bias
+    # Each head's weights sum to 1, so a bias spread over the heads' values adds it once, on the few tokens.
+    return weights @ (values + attention.out_proj.bias / heads)
 
 
 class PromptBatchDecoder(nn.Module):
@@ -105,13 +107,13 @@ class PromptBatchDecoder(nn.Module):
                 q = queries + tokens
                 queries = queries + layer.self_attn(q=q, k=q, v=queries)
             queries = layer.norm1(queries)
+            positioned = keys + key_pe  # both cross attentions of a layer read the same positioned image
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries, tokens,
-                                                             keys, key_pe))
+                                                             keys, positioned))
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys, key_pe,
-                                                       queries, tokens))
-        queries = transformer.norm_final_attn(
-            queries + _tokens_to_image(transformer.final_attn_token_to_image, queries, tokens, keys, key_pe))
+            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, positioned, queries, tokens))
+        queries = transformer.norm_final_attn(queries + _tokens_to_image(
+            transformer.final_attn_token_to_image, queries, tokens, keys, keys + key_pe))
         src = keys.transpose(1, 2).reshape(n, c, h, w)
         upscaled = decoder.output_upscaling(src)
         hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])  # the first mask token: single-mask output
