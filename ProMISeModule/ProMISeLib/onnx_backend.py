@@ -36,7 +36,8 @@ PRECISIONS = ("fp32", "int8")
 INT8_SETTINGS = {"op_types": ["MatMul"], "weight_type": "QUInt8", "per_channel": True, "reduce_range": False}
 
 
-#: The decoder graph's version in the manifest: 2 and later are :class:`PromptBatchDecoder` (prompts share the image side).
+#: The decoder graph's version in the manifest: 2 and later are :class:`PromptBatchDecoder` (prompts share the
+#: image side).
 #: A cached export of an older graph is exported anew (:func:`decoder_is_current`).
 DECODER_GRAPH = 3
 
