@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
 from ProMISeLib.models.registry import get_model_spec
+from ProMISeLib.onnx_backend import BoxDecoder
 from ProMISeLib.preprocess import CropWindow, normalize_intensities
 from ProMISeLib.sample_data import lesion_click, load_cases, read_case
 from ProMISeLib.weights import resolve_weights
+from speed import matmul_ceiling, timed
 from torch import nn
 
 
@@ -42,32 +42,10 @@ class SamBoxDecoder(nn.Module):
                                  multimask_output=False)
 
 
-class FastBoxDecoder(nn.Module):
-    """Box prompts through the engine's PromptBatchDecoder."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.prompt_encoder = model.prompt_encoder
-        self.decoder = PromptBatchDecoder(model.prompt_encoder, model.mask_decoder)
-
-    def forward(self, embedding: torch.Tensor, boxes: torch.Tensor):
-        sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        return self.decoder(embedding, sparse)
-
-
 def median_seconds(fn, repeats: int) -> float:
+    """Median of ``repeats`` timed calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def matmul_gflops(n: int = 1024) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, 10) / 1e9
+    return timed(fn, torch.device("cpu"), repeats)
 
 
 def main() -> None:
@@ -86,11 +64,12 @@ def main() -> None:
     k, j, i = lesion_click(truth)
     normalised, _ = normalize_intensities(volume)
     crop = CropWindow.around((j, i), 120)
-    decoders = {"sam": SamBoxDecoder(model), "prompt_batch": FastBoxDecoder(model)}
+    decoders = {"sam": SamBoxDecoder(model), "prompt_batch": BoxDecoder(model)}
     with torch.inference_mode():
         embedding = model.image_encoder(spec.scaling.to_input(crop.extract(normalised[k])[None]))
     rng = np.random.default_rng(0)
-    report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "matmul_gflops_start": matmul_gflops(),
+    report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+              "matmul_gflops_start": matmul_ceiling(torch.device("cpu")),
               "rows": []}
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -125,7 +104,7 @@ def main() -> None:
         row["onnx_ratio"] = row["onnx_prompt_batch_ms"] / row["onnx_sam_ms"]
         report["rows"].append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    report["matmul_gflops_end"] = matmul_gflops()
+    report["matmul_gflops_end"] = matmul_ceiling(torch.device("cpu"))
     Path(args.out).write_text(json.dumps(report, indent=1))
 
 

@@ -221,11 +221,13 @@ class Segmenter:
         from .settings import cache_dir
 
         directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
-        if self.onnx_dir is None and (not (directory / MANIFEST).is_file()
-                                      or not decoder_is_current(read_manifest(directory))):
-            export_onnx(self.spec.name, directory, self.weights_path)  # into the cache, first use or an older graph
-        if self.onnx_dir is None and self.precision == "int8" and not int8_is_current(read_manifest(directory)):
-            add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
+        if self.onnx_dir is None:  # the cache: exported on first use, or anew for an older decoder graph
+            manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+            if manifest is None or not decoder_is_current(manifest):
+                export_onnx(self.spec.name, directory, self.weights_path)
+                manifest = read_manifest(directory)
+            if self.precision == "int8" and not int8_is_current(manifest):
+                add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
                               precision="int8" if self.precision == "int8" else "fp32")
         self.messages.extend(backend.messages)

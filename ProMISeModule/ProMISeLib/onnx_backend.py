@@ -42,8 +42,8 @@ INT8_SETTINGS = {"op_types": ["MatMul"], "weight_type": "QUInt8", "per_channel":
 DECODER_GRAPH = 3
 
 
-class _BoxDecoder(nn.Module):
-    """Prompt encoder + mask decoder for box prompts on one image embedding."""
+class BoxDecoder(nn.Module):
+    """Prompt encoder + mask decoder for box prompts on one image embedding (the exported decoder graph)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -80,7 +80,7 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
                       output_names=["image_embeddings"], dynamic_axes={"image": {0: "batch"},
                                                                       "image_embeddings": {0: "batch"}},
                       opset_version=opset, dynamo=False)
-    torch.onnx.export(_BoxDecoder(model), (embedding, boxes), files["decoder"], input_names=DECODER_INPUTS,
+    torch.onnx.export(BoxDecoder(model), (embedding, boxes), files["decoder"], input_names=DECODER_INPUTS,
                       output_names=["low_res_logits", "iou"], dynamic_axes={"boxes": {0: "prompts"},
                                                                              "low_res_logits": {0: "prompts"},
                                                                              "iou": {0: "prompts"}},
