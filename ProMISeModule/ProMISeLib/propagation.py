@@ -79,6 +79,10 @@ class PropagationSettings:
     orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes
     orthogonal_aspects: tuple[float, ...] = (1.0,)  # box height/width ratios tried there (long along the slice axis)
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
+    orthogonal_boxes: bool = False  # each propagated slice also tries the box the orthogonal planes draw on it
+    fused_network_stop: bool = False  # fused prompts: the walk ends where the learned prompter sees no lesion
+    network_extends: bool = False  # fused prompts: past the orthogonal extent the walk goes on while the learned
+    extend_agreement: float = 0.5  # prompter sees the lesion and the mask agrees with its mask (Dice) this well
     learned_orthogonal_stop: bool = False  # the same with the learned prompter (it learns where lesions end)
     learned_prior: str = "decoder"  # the learned prompter follows its own masks ('coarse') or the decoder's
     learned_roi_seed: bool = False  # the learned prompter also picks the box on the click's slice in the ROI
@@ -196,6 +200,8 @@ class LesionPropagator:
         self.cancel = cancel
         self.messages: list[str] = []
         self.decoded_slices = 0  # axial slices decoded in this propagator's calls
+        self.network_ended = False  # the last step ended because the learned prompter saw no lesion
+        self.last_coarse: np.ndarray | None = None  # the learned prompter's crop mask in the last step (fused)
         #: Called with each propagation step's :class:`StepCandidates` when set (benchmarks/candidates.py).
         self.on_candidates: Callable[[StepCandidates], None] | None = None
 
@@ -441,19 +447,25 @@ class LesionPropagator:
     # --- propagation ----------------------------------------------------------------------
     def _step(self, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
               require: tuple[int, int] | None = None, forbid: tuple[int, int] | None = None,
-              scales: tuple[float, ...] | None = None, verify: bool = True):
+              scales: tuple[float, ...] | None = None, verify: bool = True, extra_box: np.ndarray | None = None,
+              network_stop: bool = False):
         """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0).
 
         With ``require`` (crop row, column) only candidates that reach that point count; with
         ``forbid`` only those that leave it out, if any does. ``scales`` replaces the box sizes
         tried around the previous mask (``propagation_scales``). Without ``verify`` the candidates
-        are scored by the predicted IoU alone, not re-decoded from their own boxes.
+        are scored by the predicted IoU alone, not re-decoded from their own boxes. ``extra_box`` is
+        one more candidate box (crop x0, y0, x1, y1). With ``network_stop`` a slice where the learned
+        prompter sees no lesion gives (None, 0).
         """
         s = self.settings
         embedding = self._embedding(k, crop)
         coarse = None
         if self.prompter is not None and (self.fused or require is not None):
             coarse = self.prompter.follow(embedding, crop.side, previous)
+            if network_stop and coarse.box is None:
+                self.network_ended = True
+                return None, 0.0
         elif self.prompter is not None:
             return self._learned_step(k, crop, embedding, previous, positives, negatives)
         tight = _box_of(previous)
@@ -463,6 +475,8 @@ class LesionPropagator:
                  for f in (scales or s.propagation_scales)]
         if coarse is not None and coarse.box is not None:  # the learned box's mask is one more candidate
             boxes.append(coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
+        if extra_box is not None:
+            boxes.append(extra_box)
         boxes = np.stack(boxes).astype(np.float32)
         boxes = self._exclude(boxes, k, crop, negatives)
         points, labels = self._prompt_points(k, crop, positives, negatives)
@@ -497,6 +511,8 @@ class LesionPropagator:
         reference = None
         if coarse is not None:
             reference = coarse.in_crop(crop.side) if coarse.box is not None else np.zeros_like(previous)
+        self.last_coarse = reference
+        if coarse is not None:
             best, score = self._fused_choice(candidates, scores, reference)
         else:
             best = int(np.argmax(scores))
@@ -544,6 +560,18 @@ class LesionPropagator:
             return "intensity no longer matches the lesion"
         return None
 
+    def _orthogonal_box(self, extents: dict | None, k: int, crop: CropWindow) -> np.ndarray | None:
+        """The box that the coronal (columns) and sagittal (rows) extents draw on slice k, in crop
+        coordinates; None where either plane misses the slice or the setting is off."""
+        if not self.settings.orthogonal_boxes or not extents or k not in extents:
+            return None
+        rows, cols = extents[k]
+        if rows is None or cols is None:
+            return None
+        m = self.settings.box_margin_px
+        return np.array([cols[0] - crop.i0 - m, rows[0] - crop.j0 - m, cols[1] - crop.i0 + m, rows[1] - crop.j0 + m],
+                        dtype=np.float32)
+
     def propagate(self, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
                   progress_span: tuple[float, float] = (0.1, 1.0), extents: dict | None = None) -> SliceMasks:
         """Follow the lesion from ``start_k`` up and down; return the crop masks per slice."""
@@ -559,10 +587,12 @@ class LesionPropagator:
             largest = start_mask.sum()
             k = start_k + direction
             while 0 <= k < depth:
+                beyond = False  # past the extent seen in the orthogonal planes (and its slack)
                 if extents:
                     reach = [kk for kk in extents if (kk - start_k) * direction >= 0]
                     limit = max(reach, key=lambda kk: abs(kk - start_k)) if reach else start_k
-                    if (k - limit) * direction > s.orthogonal_tolerance:
+                    beyond = (k - limit) * direction > s.orthogonal_tolerance
+                    if beyond and not (self.fused and s.network_extends):
                         result.stops.append(f"stopped at slice {k}: the lesion ends in the coronal/sagittal planes")
                         break
                 done += 1
@@ -573,8 +603,15 @@ class LesionPropagator:
                     if extents:
                         ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
                     self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
-                mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify)
-                reason = self._stop_reason(k, crop, mask, score, previous, largest, reference)
+                self.network_ended, self.last_coarse = False, None
+                mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify,
+                                         extra_box=self._orthogonal_box(extents, k, crop),
+                                         network_stop=self.fused and (s.fused_network_stop or beyond))
+                reason = ("the learned prompter sees no lesion" if self.network_ended
+                          else self._stop_reason(k, crop, mask, score, previous, largest, reference))
+                if not reason and beyond and (self.last_coarse is None
+                                              or dice(mask, self.last_coarse) < s.extend_agreement):
+                    reason = "the lesion ends in the coronal/sagittal planes and the learned prompter disagrees"
                 if reason:
                     result.stops.append(f"stopped at slice {k}: {reason}")
                     break

@@ -321,31 +321,113 @@ def test_training_encodes_a_cold_cache_in_a_process_of_its_own_and_never_loads_t
     assert structure.structure == "lesion" and structure.embeddings.shape[1] == 256
 
 
+class _RecordingPredictor:
+    """Decodes every box to the same disc and records the boxes it was given."""
+
+    def __init__(self, disc: np.ndarray) -> None:
+        self.disc = disc
+        self.boxes: list[np.ndarray] = []
+
+    def embed(self, volume, ks, crop):
+        return dict.fromkeys(ks)
+
+    def decode(self, embedding, side, boxes, points=None, labels=None):
+        from ProMISeLib.predictor import Decoded
+
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        self.boxes.append(boxes)
+        n = len(boxes)
+        return Decoded(np.where(self.disc, 1.0, -1.0)[None].repeat(n, 0).astype(np.float32),
+                       np.full(n, 0.8, np.float32))
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(verify):
     """``propagation_verify`` / ``correction_verify``: the own-box re-decode is what doubles a step's cost."""
-    from ProMISeLib.predictor import Decoded
     from ProMISeLib.propagation import LesionPropagator, PropagationSettings
 
     disc = _disc(32, (16, 16), 6).astype(bool)
-
-    class Predictor:
-        calls: list[int] = []
-
-        def embed(self, volume, ks, crop):
-            return dict.fromkeys(ks)
-
-        def decode(self, embedding, side, boxes, points=None, labels=None):
-            n = len(np.asarray(boxes).reshape(-1, 4))
-            self.calls.append(n)
-            return Decoded(np.where(disc, 1.0, -1.0)[None].repeat(n, 0).astype(np.float32),
-                           np.full(n, 0.8, np.float32))
-
-    predictor = Predictor()
+    predictor = _RecordingPredictor(disc)
     propagator = LesionPropagator(predictor, np.full((3, 32, 32), 100.0, np.float32), (1.0, 1.0), 1.0,
                                   PropagationSettings(encode_ahead=0))
     mask, score = propagator._step(1, CropWindow.around((16, 16), 32), disc, [], [], verify=verify)
     assert (mask == disc).all()
     scales = len(PropagationSettings().propagation_scales)
-    assert predictor.calls == ([scales, scales] if verify else [scales])
+    assert [len(b) for b in predictor.boxes] == ([scales, scales] if verify else [scales])
     assert score == pytest.approx(0.8)  # the decoder reproduces the mask from its own box: agreement 1
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_box_the_orthogonal_planes_draw_joins_each_slices_candidates(on):
+    """``orthogonal_boxes``: on slice k the coronal plane gives the lesion's columns, the sagittal its rows;
+    their box (crop coordinates, plus the margin) is one more candidate of that slice's step."""
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    disc = _disc(32, (16, 16), 6).astype(bool)
+    predictor = _RecordingPredictor(disc)
+    settings = PropagationSettings(encode_ahead=0, orthogonal_boxes=on, orthogonal_tolerance=0)
+    propagator = LesionPropagator(predictor, np.full((3, 40, 40), 100.0, np.float32), (1.0, 1.0), 1.0, settings)
+    crop = CropWindow(4, 8, 32)  # rows from 4, columns from 8
+    extents = {0: (np.array([10, 22]), np.array([15, 27])), 1: (np.array([9, 23]), np.array([14, 28])),
+               2: (None, np.array([15, 27]))}
+    propagator.propagate(1, crop, disc, [], [], extents=extents)
+    margin = settings.box_margin_px
+    drawn = np.array([15 - 8 - margin, 10 - 4 - margin, 27 - 8 + margin, 22 - 4 + margin], np.float32)
+    calls_with_drawn = sum(bool(np.isclose(b, drawn).all(axis=1).any()) for b in predictor.boxes)
+    # slice 0 has both extents; slice 1 is the start and slice 2 lacks the rows, so they get no drawn box
+    assert calls_with_drawn == (1 if on else 0)
+
+
+def test_fused_walk_ends_where_the_network_sees_no_lesion_only_when_asked():
+    """``fused_network_stop``: a fused step whose coarse mask is empty ends the walk, and says why."""
+    from ProMISeLib.prompting.prompter import CoarseMask
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    disc = _disc(32, (16, 16), 6).astype(bool)
+
+    class EmptyPrompter:
+        def follow(self, embedding, side, previous):
+            return CoarseMask(np.zeros((64, 64), bool), None, 0.0)
+
+    volume = np.full((5, 32, 32), 100.0, np.float32)
+    crop = CropWindow.around((16, 16), 32)
+    for stop in (True, False):
+        settings = PropagationSettings(encode_ahead=0, fused_network_stop=stop)
+        propagator = LesionPropagator(_RecordingPredictor(disc), volume, (1.0, 1.0), 1.0, settings,
+                                      prompter=EmptyPrompter(), fused=True)
+        lesion = propagator.propagate(2, crop, disc, [], [])
+        if stop:
+            assert sorted(lesion.masks) == [2]
+            assert all("the learned prompter sees no lesion" in m for m in lesion.stops)
+        else:
+            assert sorted(lesion.masks) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("coarse_centre, extends", [((16, 16), True), ((5, 5), False)])
+def test_past_the_orthogonal_extent_the_walk_goes_on_only_where_the_network_agrees(coarse_centre, extends):
+    """``network_extends``: past the extent seen in the coronal/sagittal planes a fused walk goes on
+    while the learned prompter's mask agrees with the decoded one, and stops where it does not."""
+    from ProMISeLib.prompting.prompter import CoarseMask
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    disc = _disc(32, (16, 16), 6).astype(bool)
+    grid_disc = _disc(64, tuple(2 * c for c in coarse_centre), 12).astype(bool)
+
+    class Prompter:
+        def follow(self, embedding, side, previous):
+            return CoarseMask(grid_disc, np.array([0, 0, 1, 1], np.float32), 0.9)
+
+    volume = np.full((7, 32, 32), 100.0, np.float32)
+    crop = CropWindow.around((16, 16), 32)
+    extents = {k: (np.array([10, 22]), np.array([10, 22])) for k in (2, 3, 4)}
+    for on in (True, False):
+        settings = PropagationSettings(encode_ahead=0, orthogonal_tolerance=0, network_extends=on)
+        propagator = LesionPropagator(_RecordingPredictor(disc), volume, (1.0, 1.0), 1.0, settings,
+                                      prompter=Prompter(), fused=True)
+        lesion = propagator.propagate(3, crop, disc, [], [], extents=extents)
+        if on and extends:
+            assert sorted(lesion.masks) == list(range(7))
+        else:  # inside the extent the network only ranks; past it, without the setting or its agreement, the end
+            assert sorted(lesion.masks) == [2, 3, 4]
+            assert all("coronal/sagittal" in m for m in lesion.stops)
+            assert all("disagrees" in m for m in lesion.stops) == on
