@@ -461,8 +461,10 @@ class LesionPropagator:
         s = self.settings
         embedding = self._embedding(k, crop)
         coarse = None
+        self.network_ended, self.last_coarse = False, None
         if self.prompter is not None and (self.fused or require is not None):
             coarse = self.prompter.follow(embedding, crop.side, previous)
+            self.last_coarse = coarse.in_crop(crop.side) if coarse.box is not None else np.zeros_like(previous)
             if network_stop and coarse.box is None:
                 self.network_ended = True
                 return None, 0.0
@@ -508,11 +510,8 @@ class LesionPropagator:
             scores = [float(p) * _iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
         else:
             scores = predicted
-        reference = None
-        if coarse is not None:
-            reference = coarse.in_crop(crop.side) if coarse.box is not None else np.zeros_like(previous)
-        self.last_coarse = reference
-        if coarse is not None:
+        reference = self.last_coarse
+        if reference is not None:
             best, score = self._fused_choice(candidates, scores, reference)
         else:
             best = int(np.argmax(scores))
@@ -603,7 +602,6 @@ class LesionPropagator:
                     if extents:
                         ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
                     self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
-                self.network_ended, self.last_coarse = False, None
                 mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify,
                                          extra_box=self._orthogonal_box(extents, k, crop),
                                          network_stop=self.fused and (s.fused_network_stop or beyond))
