@@ -330,7 +330,7 @@ class Segmenter:
         crop, seed_mask, score = propagator.seed(click, positives, negatives)
         use_extents = settings.orthogonal_stop if propagator.prompter is None or propagator.fused \
             else settings.learned_orthogonal_stop
-        extents = propagator.orthogonal_extents(click) if use_extents else None
+        extents = propagator.orthogonal_extents(click, (crop, seed_mask)) if use_extents else None
         lesion = propagator.propagate(click[0], crop, seed_mask, positives, negatives, extents=extents)
         if score < 0.5:
             lesion.stops.insert(0, f"weak result: the model's confidence at the click is {score:.2f}")

@@ -79,6 +79,9 @@ class PropagationSettings:
     orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes
     orthogonal_aspects: tuple[float, ...] = (1.0,)  # box height/width ratios tried there (long along the slice axis)
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
+    orthogonal_seed_weight: float = 0.0  # > 0: the planes' candidates are ranked by the rule score times their
+    # agreement with the seed's cross-section (1D IoU along the click's row) to this power, and not by the learned
+    # prompter, which was trained on axial slices (0: off)
     orthogonal_boxes: bool = False  # each propagated slice also tries the box the orthogonal planes draw on it
     fused_network_stop: bool = False  # fused prompts: the walk ends where the learned prompter sees no lesion
     network_extends: bool = False  # fused prompts: past the orthogonal extent the walk goes on while the learned
@@ -388,17 +391,26 @@ class LesionPropagator:
             return None
         return mask, float(out.iou[0])
 
-    def orthogonal_extents(self, click_kji: tuple[int, int, int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def orthogonal_extents(self, click_kji: tuple[int, int, int], seed: tuple[CropWindow, np.ndarray] | None = None
+                           ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """The lesion seen in the coronal and sagittal planes through the click.
 
         Each plane is resampled to square pixels, searched like the click's slice, and read back
         per axial slice k as the lesion's column range (coronal) and row range (sagittal) through
         the click. Returns {k: (rows (j0, j1) or None, cols (i0, i1) or None)} for the slices the
         lesion reaches in either plane.
+
+        With the ``seed`` (its crop and mask on the click's slice) and ``orthogonal_seed_weight`` set,
+        each plane's candidates are ranked by how well their row through the click matches the seed's
+        cross-section there (:meth:`_plane_by_seed`).
         """
         k, j, i = click_kji
         depth = self.volume.shape[0]
         extents: dict[int, list] = {}
+        seed_slice = None
+        if seed is not None and self.settings.orthogonal_seed_weight > 0:
+            seed_slice = np.zeros(self.volume.shape[1:], dtype=bool)
+            seed[0].paste(seed_slice, seed[1])
         for axis, (plane, in_plane_mm, centre) in enumerate(
             ((self.volume[:, j, :], self.spacing_ji[1], i), (self.volume[:, :, i], self.spacing_ji[0], j))
         ):
@@ -411,8 +423,13 @@ class LesionPropagator:
             crop = CropWindow.around((click_r, centre), side, snap=self.settings.crop_snap)
             self._check_cancel()
             embedding = self.predictor.embed(resampled[None], [0], crop)[0]
-            mask, score = self._best_at_click(embedding, crop.side, (click_r - crop.j0, centre - crop.i0),
-                                              in_plane_mm, aspects=self.settings.orthogonal_aspects)
+            click_rc = (click_r - crop.j0, centre - crop.i0)
+            if seed_slice is not None:
+                line = seed_slice[j, :] if axis == 0 else seed_slice[:, i]  # the plane's columns are the slice's
+                mask, score = self._plane_by_seed(embedding, crop, click_rc, in_plane_mm, line)
+            else:
+                mask, score = self._best_at_click(embedding, crop.side, click_rc, in_plane_mm,
+                                                  aspects=self.settings.orthogonal_aspects)
             if score < self.settings.min_seed_score:
                 continue
             full = np.zeros(resampled.shape, dtype=bool)
@@ -423,6 +440,34 @@ class LesionPropagator:
                 if hits.size:
                     extents.setdefault(kk, [None, None])[1 - axis] = np.array([hits[0], hits[-1] + 1])
         return {kk: (v[0], v[1]) for kk, v in extents.items()}
+
+    def _plane_by_seed(self, embedding, crop: CropWindow, click_rc: tuple[int, int], pixel_mm: float,
+                       seed_line: np.ndarray) -> tuple[np.ndarray, float]:
+        """The box search in an orthogonal plane, ranked by the rule score times the 1D IoU (to the power
+        ``orthogonal_seed_weight``) of each candidate's row through the click with ``seed_line``, the seed
+        mask's cross-section along the plane's columns. Returns the best candidate and its rule score.
+
+        With a learned prompter its box's mask is one more candidate, but it does not rank them: trained
+        on axial slices, its ranking sees the lesion short along the slice axis (benchmarks/README.md).
+        """
+        s = self.settings
+        extra = None
+        if self.prompter is not None:
+            coarse = self.prompter.seed(embedding, crop.side, click_rc)
+            if coarse.box is not None:
+                extra = coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px
+        candidates, scores = self._candidates_at_click(embedding, crop.side, click_rc, pixel_mm, None, None, None,
+                                                       extra, s.orthogonal_aspects)
+        if not candidates:
+            return np.zeros((crop.side, crop.side), bool), 0.0
+        line = np.zeros(crop.side, dtype=bool)
+        lo, hi = max(crop.i0, 0), min(crop.i0 + crop.side, seed_line.size)
+        line[lo - crop.i0 : hi - crop.i0] = seed_line[lo:hi]
+        rows = [c[click_rc[0]] for c in candidates]
+        agreement = [np.count_nonzero(r & line) / max(np.count_nonzero(r | line), 1) for r in rows]
+        ranked = [sc * a ** s.orthogonal_seed_weight for sc, a in zip(scores, agreement, strict=True)]
+        best = int(np.argmax(ranked))
+        return candidates[best], scores[best]
 
     def _refine(self, k: int, click_ji, crop: CropWindow, box: np.ndarray, positives, negatives):
         """Decode a known box on a new crop, iterating to the box's fixed point (twice at most)."""

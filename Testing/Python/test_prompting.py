@@ -431,3 +431,38 @@ def test_past_the_orthogonal_extent_the_walk_goes_on_only_where_the_network_agre
             assert sorted(lesion.masks) == [2, 3, 4]
             assert all("coronal/sagittal" in m for m in lesion.stops)
             assert all("disagrees" in m for m in lesion.stops) == on
+
+
+class _BoxPredictor:
+    """Decodes every box to its own rectangle (clipped to the crop), with a fixed predicted IoU."""
+
+    def embed(self, volume, ks, crop):
+        return dict.fromkeys(ks)
+
+    def decode(self, embedding, side, boxes, points=None, labels=None):
+        from ProMISeLib.predictor import Decoded
+
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        rows, cols = np.mgrid[0:side, 0:side] + 0.5
+        inside = [(cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) for x0, y0, x1, y1 in boxes]
+        return Decoded(np.where(np.stack(inside), 1.0, -1.0).astype(np.float32), np.full(len(boxes), 0.8, np.float32))
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_the_orthogonal_planes_keep_the_candidate_that_matches_the_seeds_cross_section(weight):
+    """``orthogonal_seed_weight``: each plane's candidate whose row through the click matches the seed's
+    cross-section sets the extent (the square box as wide as the seed reaches 6 slices each way); without
+    it the most self-consistent candidate, the widest box, reaches the volume's ends."""
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    volume = np.zeros((21, 64, 64), np.float32)
+    volume[:, 20:44, 20:44] = 100.0
+    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=64.0, orthogonal_seed_weight=weight)
+    propagator = LesionPropagator(_BoxPredictor(), volume, (1.0, 1.0), 1.0, settings)
+    seed = _disc(64, (32, 32), 6).astype(bool)  # on slice 10, centred on the click: 12 px across
+    extents = propagator.orthogonal_extents((10, 32, 32), (CropWindow(0, 0, 64), seed))
+    # the 6 mm half-size box spans columns 26-38 around the click, the seed's cross-section 26-37
+    assert sorted(extents) == (list(range(4, 17)) if weight else list(range(21)))
+    if weight:
+        rows, cols = extents[10]
+        assert list(cols) == [26, 39] and list(rows) == [26, 39]
