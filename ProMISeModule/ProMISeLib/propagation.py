@@ -463,9 +463,8 @@ class LesionPropagator:
         line = np.zeros(crop.side, dtype=bool)
         lo, hi = max(crop.i0, 0), min(crop.i0 + crop.side, seed_line.size)
         line[lo - crop.i0 : hi - crop.i0] = seed_line[lo:hi]
-        rows = [c[click_rc[0]] for c in candidates]
-        agreement = [np.count_nonzero(r & line) / max(np.count_nonzero(r | line), 1) for r in rows]
-        ranked = [sc * a ** s.orthogonal_seed_weight for sc, a in zip(scores, agreement, strict=True)]
+        ranked = [sc * _iou(c[click_rc[0]], line) ** s.orthogonal_seed_weight
+                  for c, sc in zip(candidates, scores, strict=True)]
         best = int(np.argmax(ranked))
         return candidates[best], scores[best]
 
