@@ -31,7 +31,7 @@ from ProMISeLib.prompting.pipeline import held_out_fold
 from ProMISeLib.propagation import LesionPropagator
 from ProMISeLib.sample_data import lesion_click, load_cases, read_case
 
-RANKINGS = {"fused": 0.0, "seed": 1.0}  # orthogonal_seed_weight of each
+RANKINGS = {"fused": 0.0, "seed": 1.0}  # orthogonal_seed_weight of each (fused: no seed given)
 
 
 def reach(extents: dict) -> tuple[int, int] | None:
@@ -45,13 +45,12 @@ def case_row(segmenter: Segmenter, case) -> dict:
     click = lesion_click(truth)
     slices = np.flatnonzero(truth.any(axis=(1, 2)))
     row = {"case": case.id, "truth": [int(slices[0]), int(slices[-1])], "click_k": click[0]}
-    for name, weight in RANKINGS.items():
-        settings = replace(segmenter.run_settings(), orthogonal_seed_weight=weight)
-        propagator = LesionPropagator(segmenter.load(), normalised, (geometry.spacing[1], geometry.spacing[0]),
-                                      geometry.spacing[2], settings, prompter=segmenter.learned_prompter(),
-                                      fused=True)
-        crop, mask, _ = propagator.seed(click, [click], [])
-        found = reach(propagator.orthogonal_extents(click, (crop, mask)))
+    settings = replace(segmenter.run_settings(), orthogonal_seed_weight=RANKINGS["seed"])
+    propagator = LesionPropagator(segmenter.load(), normalised, (geometry.spacing[1], geometry.spacing[0]),
+                                  geometry.spacing[2], settings, prompter=segmenter.learned_prompter(), fused=True)
+    seed = propagator.seed(click, [click], [])[:2]  # the same for both rankings: found once
+    for name in RANKINGS:  # without the seed the planes keep the fused ranking
+        found = reach(propagator.orthogonal_extents(click, seed if name == "seed" else None))
         row[name] = list(found) if found else None
         row[f"{name}_errors"] = ([row["truth"][0] - found[0], found[1] - row["truth"][1]] if found else None)
     return row
