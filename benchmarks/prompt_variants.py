@@ -19,6 +19,11 @@ variants given.
     python benchmarks/prompt_variants.py --folds OUT/folds --out /tmp/variants --variant fused-rules-stop \\
         --prompts fused --settings '{}'
     python benchmarks/prompt_variants.py --out /tmp/variants --summary heuristic fused fused-rules-stop
+    python benchmarks/prompt_variants.py --folds OUT/folds --out /tmp/variants --variant fused-shift --prompts fused \
+        --token-shift-folds SHIFT_OUT/folds
+
+``--token-shift-folds`` (the folds folder of ``promise train-token-shift``) gives every scan the decoder
+token shift that never saw its patient; ``--token-shift`` sets one for all (``auto``, ``off`` or a file).
 
 ``--settings`` replaces the engine's default settings (for ``fused``, ``'{}'`` drops its own
 stop settings, ``FUSED_DEFAULTS``). Without it the engine's defaults run.
@@ -58,13 +63,25 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) / args.variant
     out.mkdir(parents=True, exist_ok=True)
     shard, shards = (int(v) for v in args.shard.split("/"))
-    cases = [c for c in load_cases() if c.label_values][shard::shards]
+    wanted = set(args.cases.split(",")) if args.cases else None
+    cases = [c for c in load_cases() if c.label_values and (wanted is None or c.id in wanted)][shard::shards]
     settings = None if args.settings is None else PropagationSettings(encode_ahead=0, **json.loads(args.settings))
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings, cache_mb=300)
+
+    def shift_of(case) -> str:
+        return str(held_out_fold(Path(args.token_shift_folds), case.id)) if args.token_shift_folds else args.token_shift
+
+    cases.sort(key=shift_of)  # one engine per token shift, each built once
+    engines: dict[str, Segmenter] = {}
     for case in cases:
         target = out / f"{case.id}.json"
         if target.exists():
             continue
+        shift = shift_of(case)
+        if shift not in engines:
+            engines.clear()  # the previous shift's engine and its embedding cache go
+            engines[shift] = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings,
+                                       cache_mb=300, token_shift=shift)
+        segmenter = engines[shift]
         if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
             segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
         volume, geometry, truth = read_case(case)
@@ -72,7 +89,8 @@ def run(args: argparse.Namespace) -> None:
         try:
             result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
             mask, messages, work = result.mask.astype(bool), result.messages, {
-                "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices}
+                "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices,
+                "method": result.method}
         except ProMISeError as exc:
             mask, messages, work = np.zeros_like(truth), [str(exc)], {}
         row = {"case": case.id, **decompose(mask, truth), "seconds": time.perf_counter() - started, **work,
@@ -110,8 +128,13 @@ def main() -> None:
     parser.add_argument("--prompts", default="fused", choices=PROMPT_MODES)
     parser.add_argument("--settings", default=None, help="PropagationSettings fields as JSON (replaces the defaults)")
     parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
+    parser.add_argument("--token-shift", default="auto", help="decoder token shift for every scan: auto, off or a file")
+    parser.add_argument("--token-shift-folds", default=None,
+                        help="the folds folder of `promise train-token-shift`: each scan gets the shift that "
+                             "never saw its patient")
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", default=None, help="comma-separated scan ids (default: every tumour scan)")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
     parser.add_argument("--summary", nargs="+", default=None, help="print the paired table of these variants")
     parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")

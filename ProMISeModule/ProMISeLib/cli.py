@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", default=None)
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--output", required=True, help="directory for encoder.onnx, decoder.onnx, manifest.json")
+    export.add_argument("--token-shift", default="auto",
+                        help="decoder token shift: auto (the shipped one when validated as default), off, or a file")
     export.add_argument("--int8", action="store_true",
                         help="also write encoder.int8.onnx, int8 dynamically quantised (ONNX Runtime on a CPU)")
 
@@ -82,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     prompting.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
     prompting.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="for encoding the slices")
     prompting.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="for encoding the slices")
+    shift = sub.add_parser("train-token-shift",
+                           help="train the default model's decoder token shift on the labelled scans")
+    shift.add_argument("--output", required=True, help="folder for the shift, its card and the folds")
+    shift.add_argument("--data", default=None, help="labelled scans with cases.json (default: PROMISE_DATA_DIR)")
+    shift.add_argument("--cache", default=None, help="the frozen embeddings train-prompting cached (filled if empty)")
+    shift.add_argument("--folds", type=int, default=4, help="cross-validation folds by patient (0: none)")
+    shift.add_argument("--iterations", type=int, default=150)
+    shift.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
     return parser
 
 
@@ -133,6 +143,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(heuristic), or auto (the mode the shipped prompter's card names as validated best)")
     parser.add_argument("--prompter-weights", default=None,
                         help="a learned prompter (.safetensors with its .json card) instead of the shipped one")
+    parser.add_argument("--token-shift", default="auto",
+                        help="learned shift of the decoder's output tokens: auto (the shipped one when its card "
+                             "names it the default), off, or a .safetensors file with its card")
 
 
 class _Progress:
@@ -164,7 +177,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
                           onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
-                          prompter_weights=args.prompter_weights)
+                          prompter_weights=args.prompter_weights, token_shift=args.token_shift)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
@@ -224,7 +237,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
                           onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
-                          prompter_weights=args.prompter_weights)
+                          prompter_weights=args.prompter_weights, token_shift=args.token_shift)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)
@@ -288,6 +301,25 @@ def _run_train_prompting(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train_token_shift(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .prompting.pipeline import ShiftPipelineSettings, train_token_shift_job
+    from .prompting.token_shift import ShiftSettings
+
+    train = ShiftSettings(iterations=args.iterations, threads=1 if args.jobs > 1 else 2)
+    card = train_token_shift_job(Path(args.output), Path(args.data) if args.data else None,
+                                 Path(args.cache) if args.cache else None, train,
+                                 ShiftPipelineSettings(folds=args.folds), jobs=args.jobs)
+    validation = card["validation"]
+    if "shifted_picked_mean" in validation:
+        print(f"validation on held-out patients (2D, neighbour-slice boxes): Dice {validation['frozen_picked_mean']} "
+              f"frozen, {validation['shifted_picked_mean']} shifted")
+    else:
+        print("no validation run")
+    return 0
+
+
 def _attach_negative_values(argv: Sequence[str]) -> list[str]:
     """``--point -12.5,3,4`` -> ``--point=-12.5,3,4``: argparse reads a leading '-' as an option."""
     out: list[str] = []
@@ -317,12 +349,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _run_models()
         if args.command == "export":
+            from .models.registry import get_model_spec
             from .onnx_backend import export_onnx
+            from .prompting.token_shift import resolve_token_shift
 
-            print(f"wrote {export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8)}")
+            shift = resolve_token_shift(get_model_spec(args.model), args.token_shift)
+            manifest = export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8, token_shift=shift)
+            print(f"wrote {manifest}")
             return 0
         if args.command == "train-prompting":
             return _run_train_prompting(args)
+        if args.command == "train-token-shift":
+            return _run_train_token_shift(args)
         if args.command == "weights":
             return _run_weights(args)
         if args.command in ("train", "evaluate"):

@@ -65,13 +65,48 @@ def check_prompts(prompts: str) -> str:
     return prompts
 
 
+def _shift_sha(manifest: dict) -> str | None:
+    """The SHA-256 of the token shift an ONNX export's decoder carries (None: frozen tokens)."""
+    record = manifest.get("token_shift")
+    return record.get("sha256") if isinstance(record, dict) else None
+
+
+def _export_into_cache(model: str, directory: Path, weights: str | None, shift_path: Path | None,
+                       shift_sha: str | None) -> None:
+    """Export into a staging folder beside ``directory`` and rename it into place.
+
+    Another process (a second Slicer, a benchmark shard) never reads a half-written export; if one
+    finished the same export meanwhile, its folder is kept and this one discarded.
+    """
+    import shutil
+    import tempfile
+
+    from .onnx_backend import decoder_is_current, export_onnx, read_manifest
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        export_onnx(model, staging, weights, token_shift=shift_path)
+        try:
+            landed = read_manifest(directory)
+        except CheckpointError:
+            landed = None
+        if landed is not None and decoder_is_current(landed) and _shift_sha(landed) == shift_sha:
+            return  # another process's identical export landed first
+        if directory.exists():
+            shutil.rmtree(directory)  # an outdated or damaged export
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class Segmenter:
     """A loaded model plus its embedding cache; call :meth:`segment` as often as needed."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
                  cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "torch",
                  onnx_dir: str | None = None, precision: str = "fp32", parity_permuted_click: bool = False,
-                 prompts: str = "auto", prompter_weights: str | None = None) -> None:
+                 prompts: str = "auto", prompter_weights: str | None = None, token_shift: str | None = "auto") -> None:
         """``parity_permuted_click`` (ProMISe 3D models only) passes the click the way the official tester
         does (in-plane coordinates swapped), to reproduce published numbers.
 
@@ -80,6 +115,10 @@ class Segmenter:
         box), ``fused`` (the rule-based candidates, ranked by the learned prompter), or ``auto``: the
         mode the prompter's card names as its default (the one that beat the heuristic in validation
         by patient), else heuristic.
+
+        ``token_shift`` adds a learned shift to the decoder's output tokens (SAM's weights stay as
+        shipped): ``auto`` uses the backbone's shipped shift when its card names it the default,
+        ``off`` (or None) never, and a path uses that shift file.
         """
         self.spec = get_model_spec(model)
         self.prompts = check_prompts(prompts)
@@ -109,6 +148,8 @@ class Segmenter:
         self._settings_given = settings is not None  # else the fused prompts add their own stop settings
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
                                                         encode_ahead=2 if self.device.type == "cuda" else 0)
+        self.token_shift = token_shift or "off"
+        self._applied_shift: Path | None = None  # the shift the loaded model carries
         self.cache = EmbeddingCache(cache_mb)
         self.memory = LesionMemory()  # lesions found on the current volume, for cheap refinement clicks
         #: Called with each propagation step's candidates when set (diagnostics; ``benchmarks/candidates.py``).
@@ -147,10 +188,16 @@ class Segmenter:
                                                       verify=False)
             return self._volume3d
         if self._predictor is None:
+            shift_path = self._applied_shift = self.token_shift_path()
             if self.runtime == "onnx":
-                model = self._onnx_backend()
+                model = self._onnx_backend(shift_path)
             else:
-                module = self.spec.build(resolve_weights(self.spec.weights, self.weights_path)).to(self.device)
+                module = self.spec.build(resolve_weights(self.spec.weights, self.weights_path))
+                if shift_path is not None:
+                    from .prompting.token_shift import apply_token_shift, load_token_shift
+
+                    apply_token_shift(module, load_token_shift(shift_path)[0])
+                module = module.to(self.device)
                 model = TorchBackend(module, self.device, half=self.precision == "fp16")
             batch = 16 if self.device.type == "cuda" else 4
             self._predictor = SlicePredictor(model, self.spec.name, self.spec.scaling, self.device, self.cache, batch)
@@ -200,36 +247,62 @@ class Segmenter:
                 return None, "heuristic"
         return LearnedPrompter.from_file(Path(path)), mode
 
-    def _method_name(self, prompter) -> str:
-        if prompter is None:
-            return HEURISTIC_METHOD
-        if self._mode == "fused":
-            return f"fused prompts (box search ranked by {prompter.name})"
-        return f"learned prompts ({prompter.name})"
+    def token_shift_path(self) -> Path | None:
+        """The decoder token shift this segmenter's model carries, or None (frozen tokens).
 
-    def _onnx_backend(self):
-        """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given)."""
+        Chosen when the model loads. ``auto`` never shifts the rule-based fallback: with heuristic
+        prompts every part of the run is hand-written rules and frozen SAM, unless a file is named.
+        """
+        if self._predictor is not None:
+            return self._applied_shift
+        from .prompting.token_shift import resolve_token_shift
+
+        if self.token_shift == "auto" and self.resolved_prompts == "heuristic":
+            return None
+        return resolve_token_shift(self.spec, self.token_shift)
+
+    def _method_name(self, prompter) -> str:
+        shift = self.token_shift_path()
+        suffix = f"; decoder tokens shifted by {shift.stem}" if shift is not None else ""
+        if prompter is None:
+            return HEURISTIC_METHOD + suffix
+        if self._mode == "fused":
+            return f"fused prompts (box search ranked by {prompter.name}{suffix})"
+        return f"learned prompts ({prompter.name}{suffix})"
+
+    def _onnx_backend(self, shift_path: Path | None = None):
+        """ONNX Runtime sessions from ``onnx_dir`` (exported into the cache on first use if not given).
+
+        With a token shift the cached export lives in its own folder, named by the shift's hash, and
+        the manifest must record that very shift.
+        """
+        from .download import sha256_of
         from .onnx_backend import (
             MANIFEST,
             OnnxBackend,
             add_int8_encoder,
             decoder_is_current,
-            export_onnx,
             int8_is_current,
             read_manifest,
         )
         from .settings import cache_dir
 
-        directory = self.onnx_dir or cache_dir() / "onnx" / self.spec.name
+        shift_sha = sha256_of(shift_path) if shift_path is not None else None
+        folder = self.spec.name if shift_sha is None else f"{self.spec.name}-shift-{shift_sha[:12]}"
+        directory = self.onnx_dir or cache_dir() / "onnx" / folder
         if self.onnx_dir is None:  # the cache: exported on first use, or anew for an older decoder graph
             manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
-            if manifest is None or not decoder_is_current(manifest):
-                export_onnx(self.spec.name, directory, self.weights_path)
+            if manifest is None or not decoder_is_current(manifest) or _shift_sha(manifest) != shift_sha:
+                _export_into_cache(self.spec.name, directory, self.weights_path, shift_path, shift_sha)
                 manifest = read_manifest(directory)
             if self.precision == "int8" and not int8_is_current(manifest):
                 add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
                               precision="int8" if self.precision == "int8" else "fp32")
+        if _shift_sha(backend.manifest) != shift_sha:
+            want = f"the token shift {shift_path}" if shift_path is not None else "frozen decoder tokens (off)"
+            raise CheckpointError(f"{directory}: its decoder carries another token shift than this run's, {want}; "
+                                  f"export it with `promise export --token-shift` set the same way")
         self.messages.extend(backend.messages)
         if not decoder_is_current(backend.manifest):  # a user's own export, from before the regrouped decoder
             self.messages.append(f"{directory} holds an older decoder graph (same masks, slower); "

@@ -56,10 +56,12 @@ class BoxDecoder(nn.Module):
 
 
 def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = None, opset: int = 17,
-                int8: bool = False) -> Path:
+                int8: bool = False, token_shift: str | Path | None = None) -> Path:
     """Export the named model's encoder and box decoder to ONNX; returns the manifest path.
 
     With ``int8`` the dynamically quantised encoder is written too (see :func:`add_int8_encoder`).
+    With ``token_shift`` (a shift file) the decoder's output tokens carry the learned shift; the
+    manifest records the shift's SHA-256.
     """
     from .models.registry import get_model_spec
     from .weights import resolve_weights
@@ -68,6 +70,13 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
     if spec.point_prompts:
         raise InvalidInputError(f"{model_name}: ONNX export covers box-prompted models only (e.g. litemedsam)")
     model = spec.build(resolve_weights(spec.weights, weights)).eval()
+    shift_record = None
+    if token_shift is not None:
+        from .prompting.token_shift import apply_token_shift, load_token_shift
+
+        shift, _ = load_token_shift(Path(token_shift))
+        apply_token_shift(model, shift)
+        shift_record = {"name": Path(token_shift).name, "sha256": sha256_of(Path(token_shift))}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = spec.scaling.size
@@ -88,6 +97,7 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
     manifest = {
         "model": spec.name, "input_size": size, "scaling": spec.scaling.mode, "opset": opset,
         "embedding_shape": list(embedding.shape[1:]), "decoder_graph": DECODER_GRAPH, "torch": torch.__version__,
+        "token_shift": shift_record,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "files": {role: {"name": path.name, "sha256": sha256_of(path)} for role, path in files.items()},
     }

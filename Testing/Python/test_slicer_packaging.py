@@ -122,7 +122,9 @@ def test_module_cmake_builds_a_scripted_module_with_tests_and_resources():
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
     assert set(resources) == {"Resources/Icons/ProMISeModule.png", "Resources/UI/ProMISeModule.ui",
                               "Resources/requirements.txt", "ProMISeLib/assets/litemedsam-prompter.json",
-                              "ProMISeLib/assets/litemedsam-prompter.safetensors"}
+                              "ProMISeLib/assets/litemedsam-prompter.safetensors",
+                              "ProMISeLib/assets/litemedsam-token-shift.json",
+                              "ProMISeLib/assets/litemedsam-token-shift.safetensors"}
     for resource in resources:
         assert (MODULE / resource).is_file(), resource
     # every resource the code asks for is listed

@@ -41,17 +41,25 @@ class ModelSpec:
     kind: str = SLICE
     preprocessing: Promise3DPreprocessing | None = None  # volume3d models only
     prompter: str | None = None  # learned prompter shipped for this backbone (ProMISeLib/assets/<name>.safetensors)
+    token_shift: str | None = None  # decoder token shift shipped for this backbone (ProMISeLib/assets/<name>...)
 
     @property
     def prompter_path(self) -> Path | None:
         """The shipped learned-prompter weights, if this backbone has them."""
-        if self.prompter is None:
-            return None
-        return Path(__file__).resolve().parent.parent / "assets" / f"{self.prompter}.safetensors"
+        return _asset(self.prompter)
+
+    @property
+    def token_shift_path(self) -> Path | None:
+        """The shipped decoder token shift, if this backbone has one."""
+        return _asset(self.token_shift)
 
     @property
     def size_mb(self) -> float:
         return weights_file(self.weights).size_mb
+
+
+def _asset(name: str | None) -> Path | None:
+    return None if name is None else Path(__file__).resolve().parent.parent / "assets" / f"{name}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px; bundled)", "lite_medsam",
                   InputScaling(256, "minmax"), _build_litemedsam, bundled=True,
-                  point_prompts=False, prompter="litemedsam-prompter"),
+                  point_prompts=False, prompter="litemedsam-prompter", token_shift="litemedsam-token-shift"),
         ModelSpec("sam_vit_b", "SAM ViT-B (1024 px; 375 MB download)", "sam_vit_b",
                   InputScaling(1024, "meanstd"), _sam_builder("vit_b")),
         ModelSpec("sam_vit_l", "SAM ViT-L (1024 px; 1.2 GB download)", "sam_vit_l",

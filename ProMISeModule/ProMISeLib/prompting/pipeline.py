@@ -99,6 +99,21 @@ def _run_fold(job: tuple[int, list[str]]) -> tuple[int, list[str], dict[str, dic
     return index, held_groups, scores, time.perf_counter() - started
 
 
+def _train_folds(worker: Callable, jobs_list: list[tuple[int, list[str]]], jobs: int, report: Callable,
+                 folds_dir: Path) -> None:
+    """Run ``worker`` on each (fold index, held-out patients), in ``jobs`` forked processes (they share the
+    loaded embeddings, copy-on-write); ``report`` gets each result; write the folds' index."""
+    if jobs > 1 and len(jobs_list) > 1:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for done, result in enumerate(pool.imap_unordered(worker, jobs_list), 1):
+                report(done, *result)
+    else:
+        for done, job in enumerate(jobs_list, 1):
+            report(done, *worker(job))
+    index_file = {group: f"fold{index}.safetensors" for index, held in jobs_list for group in held}
+    atomic_write(folds_dir / "index.json", lambda tmp: tmp.write_text(json.dumps(index_file, indent=1) + "\n"))
+
+
 def run(data: dict[str, list[StructureSamples]], output: Path, train: TrainSettings, config: PromptNetConfig,
         settings: PipelineSettings, say: MessageFn = print, jobs: int = 1) -> dict:
     """Cross-validate by patient, keep each fold's weights, ship the reference fold; returns the card."""
@@ -118,15 +133,7 @@ def run(data: dict[str, list[StructureSamples]], output: Path, train: TrainSetti
         say(f"fold {done}/{len(folds)} (fold{index}, held out {', '.join(held)}): "
             + ", ".join(f"{k} {v['coarse_dice']:.3f}" for k, v in scores.items()) + f" ({seconds:.0f} s)")
 
-    if jobs > 1 and len(folds) > 1:  # forked workers share the loaded embeddings (copy-on-write)
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            for done, result in enumerate(pool.imap_unordered(_run_fold, jobs_list), 1):
-                report(done, *result)
-    else:
-        for done, job in enumerate(jobs_list, 1):
-            report(done, *_run_fold(job))
-    index_file = {group: f"fold{index}.safetensors" for index, held in jobs_list for group in held}
-    atomic_write(folds_dir / "index.json", lambda tmp: tmp.write_text(json.dumps(index_file, indent=1) + "\n"))
+    _train_folds(_run_fold, jobs_list, jobs, report, folds_dir)
     reference = next(((i, held) for i, held in jobs_list if settings.reference_group in held), None)
     if reference is not None:  # ship the fold that held out the reference patient: its validation is real
         from .prompter import load_prompt_net
@@ -151,17 +158,18 @@ def run(data: dict[str, list[StructureSamples]], output: Path, train: TrainSetti
     return json.loads(card_path(target).read_text())
 
 
-def _card(settings: PipelineSettings, train: TrainSettings, data: dict[str, list[StructureSamples]],
-          held_out: list[str], losses: list[float] | None) -> dict:
-    scans = {case_id: [s.structure for s in items] for case_id, items in data.items()}
+def _card(settings, train, data: dict[str, list[StructureSamples]], held_out: list[str],
+          losses: list[float] | None, fmt: str = "safetensors; PromptNet (ProMISeLib.prompting.net)",
+          last: int = 50) -> dict:
+    """The weights card's common part: names, data, recipe (``train``, a dataclass), final loss, date."""
     return {
         "name": settings.name,
         "backbone": settings.backbone,
-        "format": "safetensors; PromptNet (ProMISeLib.prompting.net)",
-        "data": {"scans": sorted(scans), "structures": sum(len(v) for v in scans.values()),
+        "format": fmt,
+        "data": {"scans": sorted(data), "structures": sum(len(v) for v in data.values()),
                  "held_out_patients": held_out},
         "recipe": asdict(train),
-        "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+        "final_loss": round(float(np.mean(losses[-last:])), 4) if losses else None,
         "created": time.strftime("%Y-%m-%d"),
     }
 
@@ -218,3 +226,121 @@ class _LazyEncoder:
 def _fill_cache(cases: list[Case], cache: Path, encoder: tuple[str, str, str]) -> None:
     """Encode every case the cache lacks (the target of a spawned process)."""
     extract_all(cases, _LazyEncoder(*encoder), cache, ExtractionSettings())
+
+
+# --- token shift (``promise train-token-shift``) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShiftPipelineSettings:
+    """Folds and names of a token-shift run."""
+
+    folds: int = 4  # patients dealt into this many held-out sets (0: no validation)
+    reference_group: str = "STS_019"
+    backbone: str = "litemedsam"
+    name: str = "litemedsam-token-shift"
+
+
+def _backbone_model(backbone: str):
+    from ..models.registry import get_model_spec
+    from ..weights import resolve_weights
+
+    spec = get_model_spec(backbone)
+    return spec.build(resolve_weights(spec.weights))
+
+
+def _run_shift_fold(job: tuple[int, list[str]]) -> tuple[int, list[str], dict[str, dict], float]:
+    """Train a token shift without the ``held`` patients and score their scans (a worker process)."""
+    from .token_shift import neighbour_box_dice, save_token_shift, train_token_shift
+
+    index, held_groups = job
+    state = _FOLD_STATE
+    started = time.perf_counter()
+    model = _backbone_model(state["settings"].backbone)
+    train_set = [s for s in state["structures"] if s.group not in held_groups]
+    shift, losses = train_token_shift(model, train_set, state["train"])
+    scores = {s.case_id: {"group": s.group, "fold": index, "frozen": neighbour_box_dice(model, s, None),
+                          "shifted": neighbour_box_dice(model, s, shift)}
+              for s in state["structures"] if s.group in held_groups and s.structure == "lesion"}
+    card = _shift_card(state["settings"], state["train"], state["data"], held_groups, losses)
+    save_token_shift(shift, state["folds_dir"] / f"fold{index}.safetensors", card)
+    return index, held_groups, scores, time.perf_counter() - started
+
+
+def _shift_card(settings: ShiftPipelineSettings, train, data: dict[str, list[StructureSamples]],
+                held_out: list[str], losses: list[float]) -> dict:
+    return _card(settings, train, data, held_out, losses, last=25,
+                 fmt="safetensors; shifts added to the mask decoder's output tokens (ProMISeLib.prompting.token_shift)")
+
+
+def run_token_shift(data: dict[str, list[StructureSamples]], output: Path, train, settings: ShiftPipelineSettings,
+                    say: MessageFn = print, jobs: int = 1) -> dict:
+    """Train a token shift per fold (by patient), score the held-out scans, ship the reference fold."""
+    from .token_shift import load_token_shift, save_token_shift, train_token_shift
+
+    output.mkdir(parents=True, exist_ok=True)
+    structures = [s for items in data.values() for s in items]
+    folds = assign_folds(sorted({s.group for s in structures if s.structure == "lesion"}), settings.folds)
+    folds_dir = output / "folds"
+    folds_dir.mkdir(parents=True, exist_ok=True)
+    _FOLD_STATE.update(structures=structures, train=train, settings=settings, data=data, folds_dir=folds_dir)
+    jobs_list = list(enumerate(folds))
+    per_scan: dict[str, dict] = {}
+
+    def report(done: int, index: int, held: list[str], scores: dict, seconds: float) -> None:
+        per_scan.update(scores)
+        say(f"fold {done}/{len(folds)} (fold{index}, held out {', '.join(held)}): " + ", ".join(
+            f"{k} {v['frozen'].get('picked', 0):.3f}->{v['shifted'].get('picked', 0):.3f}" for k, v in scores.items())
+            + f" ({seconds:.0f} s)")
+
+    _train_folds(_run_shift_fold, jobs_list, jobs, report, folds_dir)  # each worker builds its own model
+    reference = next(((i, held) for i, held in jobs_list if settings.reference_group in held), None)
+    if reference is not None:  # ship the fold that held out the reference patient: its validation is real
+        shift, card = load_token_shift(folds_dir / f"fold{reference[0]}.safetensors")
+    else:
+        held = [settings.reference_group]
+        shift, losses = train_token_shift(_backbone_model(settings.backbone),
+                                          [s for s in structures if s.group not in held], train)
+        card = _shift_card(settings, train, data, held, losses)
+    card = {k: v for k, v in card.items() if k not in ("sha256", "size_bytes")}
+    card["validation"] = {
+        "scheme": f"{len(folds)}-fold cross-validation by patient (a patient's CT and MR held out together; organ "
+                  "scans always in training); 2D Dice of the decoder's mask from boxes drawn from the neighbouring "
+                  "slice's label (scales 0.85, 1.0, 1.1), the highest predicted IoU picked" if folds else "none",
+        "folds": {f"fold{i}": held for i, held in jobs_list},
+        "per_scan": per_scan,
+    }
+    if per_scan:
+        for key in ("frozen", "shifted"):
+            card["validation"][f"{key}_picked_mean"] = round(float(np.mean(
+                [v[key]["picked"] for v in per_scan.values() if v[key]])), 4)
+    target = output / f"{settings.name}.safetensors"
+    save_token_shift(shift, target, card)
+    say(f"wrote {target}")
+    return json.loads(card_path(target).read_text())
+
+
+def train_token_shift_job(output: Path, data_dir: Path | None = None, cache: Path | None = None,
+                          train=None, settings: ShiftPipelineSettings | None = None, jobs: int = 1,
+                          say: MessageFn = print) -> dict:
+    """The whole job behind ``promise train-token-shift``, on the embeddings ``train-prompting`` cached."""
+    from ..settings import cache_dir
+    from .token_shift import ShiftSettings
+
+    settings = settings or ShiftPipelineSettings()
+    cases = sorted(load_cases(data_dir), key=lambda c: (c.label_values is not None, c.id))
+    if not cases:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"no labelled scans in {data_dir or 'the data folder'} (set PROMISE_DATA_DIR)")
+    cache = cache or cache_dir() / "prompting" / settings.backbone
+    missing = [c.id for c in cases if not (cache / f"{c.id}.npz").is_file()]
+    if missing:
+        encoder = (settings.backbone, "cpu", "onnx")
+        worker = multiprocessing.get_context("spawn").Process(target=_fill_cache, args=(cases, cache, encoder))
+        worker.start()
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"encoding the training slices failed (exit code {worker.exitcode})")
+    data = extract_all(cases, None, cache, ExtractionSettings(), say)
+    return run_token_shift(data, Path(output), train or ShiftSettings(), settings, say, jobs)

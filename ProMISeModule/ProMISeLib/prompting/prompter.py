@@ -54,21 +54,24 @@ def default_mode(card: dict) -> str | None:
     return value if value in PROMPTER_MODES else None
 
 
-def load_prompt_net(weights: Path) -> tuple[PromptNet, dict]:
-    """Load a prompt network and its card; a wrong hash, a bad file or wrong keys give a CheckpointError."""
+def read_checked_card(weights: Path, what: str) -> tuple[dict, dict]:
+    """The card of a safetensors file and its tensors, after the card's SHA-256 is checked.
+
+    A missing file or card, a card that is not JSON, a hash that differs or a file that is not
+    safetensors give a CheckpointError naming ``what`` (e.g. "prompter").
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights = Path(weights)
     card_file = card_path(weights)
     if not weights.is_file() or not card_file.is_file():
-        raise CheckpointError(f"{weights}: prompter weights or their card {card_file.name} are missing")
+        raise CheckpointError(f"{weights}: {what} weights or their card {card_file.name} are missing")
     try:
         card = json.loads(card_file.read_text())
         expected = card["sha256"]
-        config = PromptNetConfig(**card["config"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{card_file}: not a valid prompter card ({exc})") from exc
+        raise CheckpointError(f"{card_file}: not a valid {what} card ({exc})") from exc
     actual = sha256_of(weights)
     if actual != expected:
         raise CheckpointError(f"{weights}: SHA-256 {actual[:12]}... does not match its card ({expected[:12]}...); "
@@ -77,6 +80,16 @@ def load_prompt_net(weights: Path) -> tuple[PromptNet, dict]:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: cannot be read as safetensors ({exc})") from exc
+    return card, state
+
+
+def load_prompt_net(weights: Path) -> tuple[PromptNet, dict]:
+    """Load a prompt network and its card; a wrong hash, a bad file or wrong keys give a CheckpointError."""
+    card, state = read_checked_card(weights, "prompter")
+    try:
+        config = PromptNetConfig(**card["config"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{card_path(Path(weights))}: not a valid prompter card ({exc})") from exc
     net = PromptNet(config)
     try:
         result = net.load_state_dict(state, strict=False)
