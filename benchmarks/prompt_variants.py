@@ -25,6 +25,10 @@ variants given.
 ``--token-shift-folds`` (the folds folder of ``promise train-token-shift``) gives every scan the decoder
 token shift that never saw its patient; ``--token-shift`` sets one for all (``auto``, ``off`` or a file).
 
+``--field-of-view I,J,K`` pads every scan out to that extent in mm before the click
+(``--pad-mode mirror`` fills it with mirrored tissue, ``constant`` with the lowest value): the
+sarcoma scans are cropped 5 cm around the tumour, and real scans are not.
+
 ``--settings`` replaces the engine's default settings (for ``fused``, ``'{}'`` drops its own
 stop settings, ``FUSED_DEFAULTS``). Without it the engine's defaults run.
 """
@@ -45,7 +49,7 @@ from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.prompting.pipeline import held_out_fold
 from ProMISeLib.propagation import PropagationSettings
-from ProMISeLib.sample_data import lesion_click, load_cases, read_case
+from ProMISeLib.sample_data import lesion_click, load_cases, pad_field_of_view, read_case
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -85,6 +89,9 @@ def run(args: argparse.Namespace) -> None:
         if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
             segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
         volume, geometry, truth = read_case(case)
+        if args.field_of_view:
+            field = tuple(float(v) for v in args.field_of_view.split(","))
+            volume, geometry, truth = pad_field_of_view(volume, geometry, truth, field, args.pad_mode)
         started = time.perf_counter()
         try:
             result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
@@ -93,8 +100,8 @@ def run(args: argparse.Namespace) -> None:
                 "method": result.method}
         except ProMISeError as exc:
             mask, messages, work = np.zeros_like(truth), [str(exc)], {}
-        row = {"case": case.id, **decompose(mask, truth), "seconds": time.perf_counter() - started, **work,
-               "messages": messages}
+        row = {"case": case.id, "size": geometry.size, **decompose(mask, truth),
+               "seconds": time.perf_counter() - started, **work, "messages": messages}
         target.write_text(json.dumps(row, indent=1))
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "messages"}),
               flush=True)
@@ -132,6 +139,9 @@ def main() -> None:
     parser.add_argument("--token-shift-folds", default=None,
                         help="the folds folder of `promise train-token-shift`: each scan gets the shift that "
                              "never saw its patient")
+    parser.add_argument("--field-of-view", default=None,
+                        help="I,J,K: pad every scan out to this extent in mm (real scans are not cropped)")
+    parser.add_argument("--pad-mode", default="mirror", choices=("mirror", "constant"))
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases", default=None, help="comma-separated scan ids (default: every tumour scan)")

@@ -65,41 +65,6 @@ def check_prompts(prompts: str) -> str:
     return prompts
 
 
-def _shift_sha(manifest: dict) -> str | None:
-    """The SHA-256 of the token shift an ONNX export's decoder carries (None: frozen tokens)."""
-    record = manifest.get("token_shift")
-    return record.get("sha256") if isinstance(record, dict) else None
-
-
-def _export_into_cache(model: str, directory: Path, weights: str | None, shift_path: Path | None,
-                       shift_sha: str | None) -> None:
-    """Export into a staging folder beside ``directory`` and rename it into place.
-
-    Another process (a second Slicer, a benchmark shard) never reads a half-written export; if one
-    finished the same export meanwhile, its folder is kept and this one discarded.
-    """
-    import shutil
-    import tempfile
-
-    from .onnx_backend import decoder_is_current, export_onnx, read_manifest
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        export_onnx(model, staging, weights, token_shift=shift_path)
-        try:
-            landed = read_manifest(directory)
-        except CheckpointError:
-            landed = None
-        if landed is not None and decoder_is_current(landed) and _shift_sha(landed) == shift_sha:
-            return  # another process's identical export landed first
-        if directory.exists():
-            shutil.rmtree(directory)  # an outdated or damaged export
-        staging.rename(directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 class Segmenter:
     """A loaded model plus its embedding cache; call :meth:`segment` as often as needed."""
 
@@ -282,8 +247,10 @@ class Segmenter:
             OnnxBackend,
             add_int8_encoder,
             decoder_is_current,
+            export_into_cache,
             int8_is_current,
             read_manifest,
+            token_shift_sha,
         )
         from .settings import cache_dir
 
@@ -292,14 +259,14 @@ class Segmenter:
         directory = self.onnx_dir or cache_dir() / "onnx" / folder
         if self.onnx_dir is None:  # the cache: exported on first use, or anew for an older decoder graph
             manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
-            if manifest is None or not decoder_is_current(manifest) or _shift_sha(manifest) != shift_sha:
-                _export_into_cache(self.spec.name, directory, self.weights_path, shift_path, shift_sha)
+            if manifest is None or not decoder_is_current(manifest) or token_shift_sha(manifest) != shift_sha:
+                export_into_cache(self.spec.name, directory, self.weights_path, shift_path, shift_sha)
                 manifest = read_manifest(directory)
             if self.precision == "int8" and not int8_is_current(manifest):
                 add_int8_encoder(directory)  # quantised into the cache on first use (or anew), like the fp32 export
         backend = OnnxBackend(directory, device=self.device.type, expected_model=self.spec.name,
                               precision="int8" if self.precision == "int8" else "fp32")
-        if _shift_sha(backend.manifest) != shift_sha:
+        if token_shift_sha(backend.manifest) != shift_sha:
             want = f"the token shift {shift_path}" if shift_path is not None else "frozen decoder tokens (off)"
             raise CheckpointError(f"{directory}: its decoder carries another token shift than this run's, {want}; "
                                   f"export it with `promise export --token-shift` set the same way")

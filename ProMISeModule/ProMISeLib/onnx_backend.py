@@ -174,6 +174,39 @@ def read_manifest(directory: str | Path, roles: tuple[str, ...] = ("encoder", "d
     return manifest
 
 
+def token_shift_sha(manifest: dict) -> str | None:
+    """The SHA-256 of the token shift an ONNX export's decoder carries (None: frozen tokens)."""
+    record = manifest.get("token_shift")
+    return record.get("sha256") if isinstance(record, dict) else None
+
+
+def export_into_cache(model: str, directory: Path, weights: str | None, shift_path: Path | None,
+                       shift_sha: str | None) -> None:
+    """Export into a staging folder beside ``directory`` and rename it into place.
+
+    Another process (a second Slicer, a benchmark shard) never reads a half-written export; if one
+    finished the same export meanwhile, its folder is kept and this one discarded.
+    """
+    import shutil
+    import tempfile
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        export_onnx(model, staging, weights, token_shift=shift_path)
+        try:
+            landed = read_manifest(directory)
+        except CheckpointError:
+            landed = None
+        if landed is not None and decoder_is_current(landed) and token_shift_sha(landed) == shift_sha:
+            return  # another process's identical export landed first
+        if directory.exists():
+            shutil.rmtree(directory)  # an outdated or damaged export
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class OnnxBackend:
     """Encoder and decoder sessions from an export directory, on CUDA when available and asked for.
 

@@ -63,6 +63,30 @@ def corrective_click(mask: np.ndarray, truth: np.ndarray,
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), depth.shape)), best[2]
 
 
+def pad_field_of_view(volume: np.ndarray, geometry: ImageGeometry, truth: np.ndarray,
+                      field_mm: tuple[float, float, float], mode: str = "mirror",
+                      ) -> tuple[np.ndarray, ImageGeometry, np.ndarray]:
+    """A case padded out to at least ``field_mm`` (the i, j, k extents in mm), for benchmarks.
+
+    The sarcoma scans are cropped 5 cm around the tumour; real scans show far more around it.
+    Each axis is padded evenly on both sides. ``"mirror"`` fills the new voxels with mirrored
+    tissue (and mirrored copies of the lesion, at least two margins away), as SimpleITK's
+    MirrorPad does; ``"constant"`` fills them with the volume's lowest value. The label is padded
+    with background, and the geometry keeps every original voxel at the same physical point.
+    """
+    if mode not in ("mirror", "constant"):
+        raise InvalidInputError(f"unknown padding mode {mode!r}; use mirror or constant")
+    need = [max(0, int(np.ceil(f / s)) - n) for f, s, n in zip(field_mm, geometry.spacing, geometry.size, strict=True)]
+    before = [n // 2 for n in need]
+    pad_kji = [(before[a], need[a] - before[a]) for a in (2, 1, 0)]
+    if mode == "constant":
+        padded = np.pad(volume, pad_kji, mode="constant", constant_values=volume.min())
+    else:
+        padded = np.pad(volume, pad_kji, mode="symmetric")
+    size = tuple(n + p for n, p in zip(geometry.size, need, strict=True))
+    return padded, geometry.with_size(size, [-b for b in before]), np.pad(truth, pad_kji)
+
+
 def read_case(case: Case) -> tuple[np.ndarray, ImageGeometry, np.ndarray]:
     """A labelled case as (volume, geometry, boolean mask of its structures), both (K, J, I)."""
     from .volume_io import read_image, read_label

@@ -74,3 +74,37 @@ def test_point_outside_is_refused_with_its_coordinates():
         geometry.to_voxel_kji(far, "lps")
     edge = geometry.index_to_lps(np.array([39.4, 29.4, 19.4]))
     assert tuple(geometry.to_voxel_kji(edge, "lps")[0]) == (19, 29, 39)
+
+
+@pytest.mark.parametrize("mode", ["mirror", "constant"])
+def test_field_of_view_padding_matches_simpleitk_pad(mode):
+    """The benchmarks' padded scans keep every voxel where SimpleITK's own pad filter puts it."""
+    from ProMISeLib.sample_data import pad_field_of_view
+
+    image = _oblique_image(size=(12, 9, 5), seed=4)
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=image.GetSize()[::-1]).astype(np.float32)
+    truth = values > 1.0
+    geometry = ImageGeometry.from_sitk(image)
+    field = (20.0, 30.0, 40.0)
+    padded, padded_geometry, padded_truth = pad_field_of_view(values, geometry, truth, field, mode)
+    assert all(n * s >= f for n, s, f in zip(padded_geometry.size, padded_geometry.spacing, field, strict=True))
+    assert padded.shape == padded_geometry.shape_kji == padded_truth.shape
+
+    source = sitk.GetImageFromArray(values)
+    source.CopyInformation(image)
+    before = [int(round(v)) for v in padded_geometry.lps_to_index(geometry.origin)]
+    after = [p - n - b for p, n, b in zip(padded_geometry.size, geometry.size, before, strict=True)]
+    pad = sitk.MirrorPad if mode == "mirror" else sitk.ConstantPad
+    extra = () if mode == "mirror" else (float(values.min()),)
+    expected = pad(source, before, after, *extra)
+    assert expected.GetSize() == padded_geometry.size
+    np.testing.assert_allclose(expected.GetOrigin(), padded_geometry.origin, atol=1e-9)
+    np.testing.assert_allclose(expected.GetDirection(), padded_geometry.direction, atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(expected), padded)
+    # every original voxel sits at its own physical point, with its own value and label
+    for kji in rng.integers(0, values.shape, size=(20, 3)):
+        point = image.TransformIndexToPhysicalPoint([int(v) for v in kji[::-1]])
+        new_kji = tuple(padded_geometry.to_voxel_kji(np.array(point), "lps")[0])
+        assert padded[new_kji] == values[tuple(kji)] and padded_truth[new_kji] == truth[tuple(kji)]
+    assert padded_truth.sum() == truth.sum()
