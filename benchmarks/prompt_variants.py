@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
     wanted = set(args.cases.split(",")) if args.cases else None
     cases = [c for c in load_cases() if c.label_values and (wanted is None or c.id in wanted)][shard::shards]
     settings = None if args.settings is None else PropagationSettings(encode_ahead=0, **json.loads(args.settings))
+    field = tuple(float(v) for v in args.field_of_view.split(",")) if args.field_of_view else None
 
     def shift_of(case) -> str:
         return str(held_out_fold(Path(args.token_shift_folds), case.id)) if args.token_shift_folds else args.token_shift
@@ -89,8 +90,7 @@ def run(args: argparse.Namespace) -> None:
         if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
             segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
         volume, geometry, truth = read_case(case)
-        if args.field_of_view:
-            field = tuple(float(v) for v in args.field_of_view.split(","))
+        if field is not None:
             volume, geometry, truth = pad_field_of_view(volume, geometry, truth, field, args.pad_mode)
         started = time.perf_counter()
         try:
