@@ -114,17 +114,22 @@ def summary(root: Path, variants: list[str], save: Path | None = None) -> str:
         save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "variants": data}, indent=1))
     common = sorted(set.intersection(*(set(d) for d in data.values())))
     header = ("| variant | mean Dice | median Dice | Dice on lesion slices | slice Dice | extra slices | missed slices "
-              "| median prompts decoded |")
-    lines = [f"{len(common)} scans in common", header, "|---|---|---|---|---|---|---|---|"]
+              "| median prompts decoded | paired change vs first | better / worse (> 0.01) |")
+    lines = [f"{len(common)} scans in common", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    first = [data[variants[0]][c]["dice"] for c in common]
     for v in variants:
         rows = [data[v][c] for c in common]
+        change = [r["dice"] - f for r, f in zip(rows, first, strict=True)]
+        paired = "- | -" if v == variants[0] else (
+            f"{statistics.mean(change):+.3f} (median {statistics.median(change):+.3f}) | "
+            f"{sum(d > 0.01 for d in change)} / {sum(d < -0.01 for d in change)}")
         prompts = [r["decoded_prompts"] for r in rows if "decoded_prompts" in r]  # recorded since 2026-12-02
         lines.append(f"| {v} | {statistics.mean(r['dice'] for r in rows):.3f} | "
                      f"{statistics.median(r['dice'] for r in rows):.3f} | "
                      f"{statistics.mean(r['dice_on_lesion_slices'] for r in rows):.3f} | "
                      f"{statistics.mean(r['slice_dice'] for r in rows):.3f} | "
                      f"{sum(r['extra_slices'] for r in rows)} | {sum(r['missed_slices'] for r in rows)} | "
-                     f"{statistics.median(prompts) if prompts else '-'} |")
+                     f"{statistics.median(prompts) if prompts else '-'} | {paired} |")
     return "\n".join(lines)
 
 

@@ -76,7 +76,8 @@ class PropagationSettings:
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
     orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
-    orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes
+    orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes (the most, with the next)
+    orthogonal_to_lesion: float | None = None  # > 0: that crop's side / the seed's diameter (lesion-relative)
     orthogonal_aspects: tuple[float, ...] = (1.0,)  # box height/width ratios tried there (long along the slice axis)
     orthogonal_tolerance: int = 1  # slices allowed past the extent seen in the orthogonal planes
     orthogonal_seed_weight: float = 0.0  # > 0: the planes' candidates are ranked by the rule score times their
@@ -419,7 +420,7 @@ class LesionPropagator:
             resampled = ndimage.zoom(plane, (rows / depth, 1.0), order=1)
             click_r = int(round((k + 0.5) * rows / depth - 0.5))
             side = int(min(max(resampled.shape), max(self.settings.min_crop_px,
-                                                      round(self.settings.orthogonal_context_mm / in_plane_mm))))
+                                                      round(self._plane_context_mm(seed) / in_plane_mm))))
             crop = CropWindow.around((click_r, centre), side, snap=self.settings.crop_snap)
             self._check_cancel()
             embedding = self.predictor.embed(resampled[None], [0], crop)[0]
@@ -440,6 +441,16 @@ class LesionPropagator:
                 if hits.size:
                     extents.setdefault(kk, [None, None])[1 - axis] = np.array([hits[0], hits[-1] + 1])
         return {kk: (v[0], v[1]) for kk, v in extents.items()}
+
+    def _plane_context_mm(self, seed: tuple[CropWindow, np.ndarray] | None) -> float:
+        """The orthogonal planes' crop side in mm: ``orthogonal_to_lesion`` times the seed's diameter when
+        set, at most ``orthogonal_context_mm``."""
+        s = self.settings
+        if not s.orthogonal_to_lesion or seed is None or not seed[1].any():
+            return s.orthogonal_context_mm
+        box = _box_of(seed[1])
+        diameter_mm = float(max(box[2] - box[0], box[3] - box[1])) * self.pixel_mm
+        return min(s.orthogonal_context_mm, s.orthogonal_to_lesion * diameter_mm)
 
     def _plane_by_seed(self, embedding, crop: CropWindow, click_rc: tuple[int, int], pixel_mm: float,
                        seed_line: np.ndarray) -> tuple[np.ndarray, float]:

@@ -123,6 +123,36 @@ def test_samples_round_trip(tmp_path):
     assert back.targets.keys() == s.targets.keys() and back.extent == s.extent
 
 
+def test_the_sample_cache_is_keyed_by_the_extraction_recipe(tmp_path):
+    """A second extraction with the same settings reads the cache; changed settings (here the training ROI
+    ratio) encode again into their own file and never read samples made under the old recipe."""
+    import SimpleITK as sitk
+    from ProMISeLib.prompting.dataset import extract_case
+    from ProMISeLib.sample_data import Case
+
+    volume = np.zeros((8, 48, 48), np.float32)
+    volume[2:6, 16:32, 18:34] = 200.0
+    for name, array in (("img.nii.gz", volume), ("lab.nii.gz", (volume > 100).astype(np.uint8))):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+    case = Case("toy", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", (1,), "CT", "tumour")
+    calls = []
+
+    def embed(vol, ks, crop):
+        calls.append(crop.side)
+        return {k: torch.zeros(1, 4, 64, 64) for k in ks}
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    first = extract_case(case, embed, ExtractionSettings(past_end=1), cache)
+    encoded = len(calls)
+    again = extract_case(case, embed, ExtractionSettings(past_end=1), cache)
+    assert encoded > 0 and len(calls) == encoded, "the same recipe reads the cache"
+    assert [s.slices.tolist() for s in again] == [s.slices.tolist() for s in first]
+    extract_case(case, embed, ExtractionSettings(past_end=1, roi_to_lesion=8.0, scale_range=(1.0, 1.0)), cache)
+    assert len(calls) > encoded, "a changed recipe encodes again"
+    assert len(list(cache.glob("toy-*.npz"))) == 2
+
+
 def _saved_net(tmp_path) -> tuple:
     net = PromptNet(SMALL)
     path = save_prompt_net(net, tmp_path / "p.safetensors", {"name": "test-prompter", "default": True})
@@ -309,12 +339,12 @@ def test_training_encodes_a_cold_cache_in_a_process_of_its_own_and_never_loads_t
         cases, tmp_path):
     """``train-prompting --jobs N`` forks its fold workers; a process forked after the encoder ran can
     deadlock, so the cache is filled apart (``_fill_cache``) and the parent only reads it."""
-    from ProMISeLib.prompting.dataset import ExtractionSettings
+    from ProMISeLib.prompting.dataset import ExtractionSettings, cache_file
     from ProMISeLib.prompting.pipeline import _fill_cache, _LazyEncoder, extract_all
 
     case = cases["brain1"]
     _fill_cache([case], tmp_path, ("litemedsam", "cpu", "onnx"))
-    assert (tmp_path / "brain1.npz").is_file()
+    assert cache_file(tmp_path, "brain1", ExtractionSettings()).is_file()
     encoder = _LazyEncoder("litemedsam", "cpu", "onnx")
     data = extract_all([case], encoder, tmp_path, ExtractionSettings(), say=lambda message: None)
     assert encoder._embed is None  # every slice came from the cache
@@ -447,6 +477,28 @@ class _BoxPredictor:
         rows, cols = np.mgrid[0:side, 0:side] + 0.5
         inside = [(cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) for x0, y0, x1, y1 in boxes]
         return Decoded(np.where(np.stack(inside), 1.0, -1.0).astype(np.float32), np.full(len(boxes), 0.8, np.float32))
+
+
+@pytest.mark.parametrize("ratio, side", [(None, 160), (4.0, 48), (20.0, 160)])
+def test_the_orthogonal_planes_crop_relative_to_the_seed(ratio, side):
+    """``orthogonal_to_lesion``: the coronal/sagittal crops are that many seed diameters across (the seed
+    is 12 mm), at most ``orthogonal_context_mm``; unset, they are ``orthogonal_context_mm`` on any lesion."""
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    sides = []
+
+    class Recording(_BoxPredictor):
+        def embed(self, volume, ks, crop):
+            sides.append(crop.side)
+            return super().embed(volume, ks, crop)
+
+    volume = np.zeros((61, 200, 200), np.float32)
+    volume[20:40, 88:112, 88:112] = 100.0
+    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=160.0, orthogonal_to_lesion=ratio)
+    propagator = LesionPropagator(Recording(), volume, (1.0, 1.0), 1.0, settings)
+    seed = _disc(64, (32, 32), 6).astype(bool)
+    propagator.orthogonal_extents((30, 100, 100), (CropWindow(68, 68, 64), seed))
+    assert sides == [side, side]
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])

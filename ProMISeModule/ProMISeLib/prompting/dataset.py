@@ -2,7 +2,7 @@
 
 For every labelled structure (a tumour, or one organ of a multi-label scan) the ROI crop the
 engine would use is simulated from the label: centred on the structure at the click's slice and
-sized to ``crop_to_lesion`` diameters, with random jitter of scale and position. Each slice of the
+sized to ``roi_to_lesion`` diameters, with random jitter of scale and position. Each slice of the
 structure, plus a few slices past either end (where the answer is "nothing"), is encoded once by
 the frozen encoder; the embeddings are stored as float16 with the label downsampled to the
 embedding grid. The wide context crop around the click (the engine's first view) is stored too.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,9 @@ class ExtractionSettings:
     max_slices_organ: int = 12  # organs are subsampled to this many slices (tumours keep every slice)
     min_slices: int = 3
     min_diameter_px: int = 6
-    scale_range: tuple[float, float] = (0.75, 1.5)  # ROI side jitter around crop_to_lesion x diameter
+    roi_to_lesion: float = 4.0  # ROI side / diameter the shipped prompter was trained at (kept apart from the
+    # engine's crop_to_lesion so inference settings never change the training recipe)
+    scale_range: tuple[float, float] = (0.75, 1.5)  # ROI side jitter around roi_to_lesion x diameter
     shift_fraction: float = 0.08  # ROI centre jitter, fraction of the side
     seed: int = 0
 
@@ -85,7 +87,7 @@ def _simulated_roi(mask2d: np.ndarray, rng: np.random.Generator, settings: Extra
     box = _box_of(mask2d)
     diameter = max(box[2] - box[0], box[3] - box[1])
     scale = float(np.exp(rng.uniform(*np.log(settings.scale_range))))
-    side = int(max(propagation.min_crop_px, round(diameter * propagation.crop_to_lesion * scale)))
+    side = int(max(propagation.min_crop_px, round(diameter * settings.roi_to_lesion * scale)))
     centre = np.array([(box[1] + box[3]) / 2, (box[0] + box[2]) / 2])
     centre += rng.uniform(-settings.shift_fraction, settings.shift_fraction, 2) * side
     return CropWindow.around((float(centre[0]), float(centre[1])), side)
@@ -180,9 +182,20 @@ def load_samples(path: Path) -> list[StructureSamples]:
     return out
 
 
+def cache_file(cache: Path, case_id: str, settings: ExtractionSettings) -> Path:
+    """Where one case's samples are cached: the name carries a digest of everything that shapes them
+    (the extraction settings, the engine's context crop, the file format), so a changed recipe never
+    reads samples made under another."""
+    propagation = PropagationSettings()
+    recipe = {"format": FORMAT_VERSION, "extraction": asdict(settings), "context_mm": propagation.context_mm,
+              "min_crop_px": propagation.min_crop_px, "crop_snap": propagation.crop_snap}
+    digest = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return cache / f"{case_id}-{digest}.npz"
+
+
 def extract_case(case: Case, embed, settings: ExtractionSettings, cache: Path) -> list[StructureSamples]:
-    """All usable structures of one case, from the cache file when present."""
-    path = cache / f"{case.id}.npz"
+    """All usable structures of one case, from the cache file of the same recipe when present."""
+    path = cache_file(cache, case.id, settings)
     if path.is_file():
         return load_samples(path)
     volume, geometry = read_image(case.image)

@@ -25,7 +25,7 @@ import numpy as np
 from ..download import sha256_of
 from ..sample_data import Case, load_cases
 from ..volume_io import atomic_write
-from .dataset import ExtractionSettings, StructureSamples, extract_case
+from .dataset import ExtractionSettings, StructureSamples, cache_file, extract_case
 from .net import PromptNet, PromptNetConfig
 from .prompter import card_path
 from .train import TrainSettings, rollout_dice, train_prompt_net
@@ -193,7 +193,7 @@ def train_prompting(output: Path, data_dir: Path | None = None, cache: Path | No
         raise InvalidInputError(f"no labelled scans in {data_dir or 'the data folder'} (set PROMISE_DATA_DIR)")
     cache = cache or cache_dir() / "prompting" / settings.backbone
     encoder = (settings.backbone, device, runtime)
-    if jobs > 1 and any(not (cache / f"{c.id}.npz").is_file() for c in cases):
+    if jobs > 1 and any(not cache_file(cache, c.id, ExtractionSettings()).is_file() for c in cases):
         # The folds train in processes forked from this one, and a process forked after the encoder has run
         # torch's and ONNX Runtime's thread pools can deadlock; so the encoding runs in a process of its own.
         worker = multiprocessing.get_context("spawn").Process(target=_fill_cache,
@@ -334,7 +334,7 @@ def train_token_shift_job(output: Path, data_dir: Path | None = None, cache: Pat
 
         raise InvalidInputError(f"no labelled scans in {data_dir or 'the data folder'} (set PROMISE_DATA_DIR)")
     cache = cache or cache_dir() / "prompting" / settings.backbone
-    missing = [c.id for c in cases if not (cache / f"{c.id}.npz").is_file()]
+    missing = [c.id for c in cases if not cache_file(cache, c.id, ExtractionSettings()).is_file()]
     if missing:
         encoder = (settings.backbone, "cpu", "onnx")
         worker = multiprocessing.get_context("spawn").Process(target=_fill_cache, args=(cases, cache, encoder))
