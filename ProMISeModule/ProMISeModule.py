@@ -31,7 +31,7 @@ from slicer.util import VTKObservationMixin
 __all__ = ["ProMISeModule", "ProMISeModuleLogic", "ProMISeModuleTest", "ProMISeModuleWidget"]
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
-RUNTIMES = (("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
+RUNTIMES = (("auto", "Auto (ONNX Runtime on CPU)"), ("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
 PROMPTS = (("auto", "Auto"), ("fused", "Fused (rules ranked by the network)"), ("learned", "Learned"),
            ("heuristic", "Rule-based"))
 
@@ -69,7 +69,7 @@ class ProMISeModuleParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
     device: str = "auto"
-    runtime: str = "torch"
+    runtime: str = "auto"
     prompts: str = "auto"
     autoUpdate: bool = False
 
@@ -204,7 +204,7 @@ class ProMISeModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.ui.deviceComboBox.currentData or "auto"
 
     def currentRuntime(self) -> str:
-        return self.ui.runtimeComboBox.currentData or "torch"
+        return self.ui.runtimeComboBox.currentData or "auto"
 
     def currentPrompts(self) -> str:
         return self.ui.promptsComboBox.currentData or "auto"

@@ -12,6 +12,7 @@ import numpy as np
 from .errors import InvalidInputError, ProMISeError
 from .geometry import SPACES
 from .prompting import PROMPT_MODES
+from .runtimes import RUNTIMES
 
 EXIT_BAD_INPUT = 2
 
@@ -130,8 +131,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="model name (see `promise models`)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="PyTorch, or ONNX Runtime (exported into the cache on first use)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto: ONNX Runtime on a CPU where it is installed (exported into the cache on first "
+                             "use; same masks, faster), else PyTorch; or ask for torch or onnx")
     parser.add_argument("--onnx-dir", default=None, help="an export directory from `promise export`")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="fp16 runs the encoder in half precision (CUDA, torch runtime); int8 its int8 "

@@ -296,7 +296,9 @@ class SlicePredictor:
         low_res, iou = self.backend.decode(embedding, np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale,
                                            scaled_points, labels)
         size = self.scaling.size
-        logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        logits = low_res
+        if low_res.shape[-2:] != (size, size):  # SAM's 4x-the-embedding masks (LiteMedSAM's are already 256)
+            logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         if side != size:
             logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
         return Decoded(logits[:, 0].float().cpu().numpy(), iou[:, 0].float().cpu().numpy())

@@ -120,7 +120,7 @@ def segment_files(
     progressCallback: Callable[[float, str], None] | None = None,
     stopOnError: bool = False,
     scene=None,
-    runtime: str = "torch",
+    runtime: str = "auto",
     prompts: str = "auto",
 ) -> list[dict]:
     """Segment each case and save ``<output folder>/<image name>.seg.nrrd``.
@@ -130,7 +130,7 @@ def segment_files(
     markups file (``.mrk.json`` or ``.fcsv``), an N x 3 array of world coordinates (mm, RAS unless
     ``space`` says "lps") or a ``{label: xyz or [xyz, ...]}`` mapping. Points sharing a label make one
     segment named after it. Without ``outputFolder`` each file is saved beside its image.
-    ``model``, ``device``, ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "fused",
+    ``model``, ``device``, ``runtime`` ("auto", "torch" or "onnx") and ``prompts`` ("auto", "fused",
     "learned" or "heuristic") are passed to ``logic.segment``; one engine serves every case.
 
     Every node a case loads is removed from the scene afterwards. Returns one dict per case:

@@ -9,7 +9,7 @@ Console use::
     logic = slicer.util.getModuleLogic("ProMISeModule")
     run = logic.segment(volumeNode, pointsNode)          # one segment per fiducial label
     print(run.summary())
-    run = logic.segment(volumeNode, pointsNode, runtime="onnx")  # the same with ONNX Runtime
+    run = logic.segment(volumeNode, pointsNode, runtime="torch")  # the same with PyTorch (default: auto)
     run = logic.segment(volumeNode, pointsNode, prompts="heuristic")  # rule-based box prompts
     print(run.method)                                    # which prompts ran, e.g. "heuristic box prompts"
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, ProMISeError, SegmentationCancelled
+from ProMISeLib.runtimes import RUNTIMES as ENGINE_RUNTIMES
 
 from . import nodes
 from .undo import UndoStack, UndoStep
@@ -51,8 +52,8 @@ PALETTE = (
 #: Attribute on a segmentation node that ProMISe created: the ID of its volume.
 ATTR_VOLUME = "ProMISe.VolumeNodeID"
 
-#: Inference runtimes the engine offers (``ProMISeLib.engine.Segmenter(runtime=...)``).
-RUNTIMES = ("torch", "onnx")
+#: Inference runtimes the engine offers (``ProMISeLib.engine.Segmenter(runtime=...)``): auto, torch, onnx.
+RUNTIMES = ENGINE_RUNTIMES
 
 #: How a click becomes per-slice box prompts (``ProMISeLib.engine.PROMPT_MODES``; repeated here so
 #: that importing the logic imports no torch): the engine's choice, the rule-based box search ranked
@@ -114,9 +115,9 @@ class SegmentRun:
 
 
 def checkRuntime(runtime: str) -> str:
-    """``runtime`` if the engine offers it ("torch" or "onnx"), else InvalidInputError."""
+    """``runtime`` if the engine offers it ("auto", "torch" or "onnx"), else InvalidInputError."""
     if runtime not in RUNTIMES:
-        raise InvalidInputError(f"unknown runtime {runtime!r}; use {' or '.join(RUNTIMES)}")
+        raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
     return runtime
 
 
@@ -166,7 +167,7 @@ class ProMISeModuleLogic(_LogicBase):
         self._lastArray: tuple | None = None
 
     # --- engine -------------------------------------------------------------------------------
-    def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "torch",
+    def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "auto",
                      prompts: str = "auto"):
         """The cached engine for (model, device, runtime, prompts), made on first use.
 
@@ -242,7 +243,7 @@ class ProMISeModuleLogic(_LogicBase):
         progressCallback: ProgressCallback | None = None,
         pointIndices: Sequence[int] | None = None,
         cancelCallback: Callable[[], bool] | None = None,
-        runtime: str = "torch",
+        runtime: str = "auto",
         prompts: str = "auto",
     ) -> SegmentRun:
         """Segment the object under each positive fiducial of ``pointsNode`` in ``volumeNode``.
@@ -261,9 +262,11 @@ class ProMISeModuleLogic(_LogicBase):
         - ``progressCallback(fraction, message)`` is called while the model runs.
         - ``model`` is a name from :meth:`models` (None: the default model); ``device`` is "auto"
           (CUDA when available), "cpu" or "cuda".
-        - ``runtime`` is "torch" (PyTorch, the default) or "onnx" (ONNX Runtime: the model is exported
+        - ``runtime`` is "auto" (the default: ONNX Runtime on a CPU where it is installed, the same masks
+          faster, else PyTorch), "torch" (PyTorch) or "onnx" (ONNX Runtime: the model is exported
           to ONNX into the cache on first use, box-prompted models such as LiteMedSAM only; it runs on
           CUDA when ONNX Runtime can, else on the CPU, and then says so in the result's messages).
+          ``run.runtime`` says which one ran.
         - ``prompts`` says how a click becomes per-slice box prompts for a box-trained model such as
           LiteMedSAM: "learned" (the prompter network shipped with the engine), "heuristic" (the
           rule-based box search), "fused" (the rule-based candidates ranked by the prompter network) or
@@ -352,7 +355,7 @@ class ProMISeModuleLogic(_LogicBase):
         run = self._write(volumeNode, pointsNode, segmentationNode, results, model)
         run.elapsed_s = time.perf_counter() - started
         run.model = model
-        run.runtime = runtime
+        run.runtime = str(getattr(results[-1][2], "runtime", runtime)) if results else runtime  # what ran
         run.prompts = prompts
         run.device = str(getattr(results[-1][2], "device", device)) if results else device
         if progressCallback is not None:
@@ -446,13 +449,13 @@ class ProMISeModuleLogic(_LogicBase):
         progressCallback: ProgressCallback | None = None,
         stopOnError: bool = False,
         scene=None,
-        runtime: str = "torch",
+        runtime: str = "auto",
         prompts: str = "auto",
     ) -> list[dict]:
         """Segment image files with their point lists and save one ``.seg.nrrd`` per image.
 
         See :func:`ProMISeSlicer.batch.segment_files` for the case format; ``model``, ``device``,
-        ``runtime`` ("torch" or "onnx") and ``prompts`` ("auto", "fused", "learned" or "heuristic") are as for
+        ``runtime`` ("auto", "torch" or "onnx") and ``prompts`` ("auto", "fused", "learned" or "heuristic") are as for
         :meth:`segment`.
         """
         from .batch import segment_files

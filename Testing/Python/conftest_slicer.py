@@ -231,7 +231,7 @@ class FakeSegmenter:
                "fused": "fused prompts (box search ranked by fake-prompter)",
                "auto": "learned prompts (fake-prompter)"}
 
-    def __init__(self, model="fake", device="cpu", runtime="torch", radius_mm=8.0, label=None, empty=False,
+    def __init__(self, model="fake", device="cpu", runtime="auto", radius_mm=8.0, label=None, empty=False,
                  fail_on_call=None, prompts="auto"):
         self.model, self.device, self.runtime, self.prompts = model, device, runtime, prompts
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
@@ -269,8 +269,9 @@ class FakeSegmenter:
             mask[np.linalg.norm(lps - centre, axis=-1) <= self.radius_mm] = 1
         if progress is not None:
             progress(1.0, "fake engine done")
+        ran = "onnx" if self.runtime == "auto" else self.runtime  # as the engine resolves auto on a CPU
         return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
-                                  self.device, messages=["fake weak result"] if self.empty else [])
+                                  self.device, messages=["fake weak result"] if self.empty else [], runtime=ran)
 
 
 def resample_like(image, geometry) -> np.ndarray:

@@ -36,7 +36,7 @@ def test_logits_agree_with_pytorch_on_real_slices(export_dir, brain):
     from ProMISeLib.onnx_backend import OnnxBackend
 
     volume, _, truth = brain
-    torch_seg = Segmenter(device="cpu")
+    torch_seg = Segmenter(device="cpu", runtime="torch")
     torch_pred = torch_seg.load()
     onnx_backend = OnnxBackend(export_dir, device="cpu", expected_model="litemedsam")
     normalised, _ = normalize_intensities(volume)
@@ -58,7 +58,7 @@ def test_logits_agree_with_pytorch_on_real_slices(export_dir, brain):
 def test_onnx_runtime_gives_the_same_mask_as_pytorch(export_dir, brain):
     volume, geometry, truth = brain
     click = centre_click(truth)[::-1]
-    ref = Segmenter(device="cpu").segment(volume, geometry, [click], space="ijk")
+    ref = Segmenter(device="cpu", runtime="torch").segment(volume, geometry, [click], space="ijk")
     got = Segmenter(device="cpu", runtime="onnx", onnx_dir=str(export_dir)).segment(volume, geometry, [click],
                                                                                   space="ijk")
     assert got.runtime == "onnx" and ref.runtime == "torch"
@@ -95,3 +95,56 @@ def test_export_command(tmp_path, capsys):
     assert (tmp_path / "exp" / "manifest.json").is_file()
     assert main(["export", "--model", "sam_vit_b", "--output", str(tmp_path / "sam")]) == 2
     assert "box-prompted models only" in capsys.readouterr().err
+
+
+def test_auto_runtime_takes_onnx_on_a_cpu_and_pytorch_where_onnx_cannot_run(monkeypatch):
+    """The default runs ONNX Runtime on a CPU; models without an export, and fp16, run PyTorch."""
+    import torch
+    from ProMISeLib import engine
+    from ProMISeLib.engine import choose_runtime
+
+    default = Segmenter(device="cpu")
+    assert (default.requested_runtime, default.runtime, default.messages) == ("auto", "onnx", [])
+    assert Segmenter(device="cpu", runtime="torch").runtime == "torch"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_runtime("auto", "sam_vit_b", cpu) == ("torch", None)  # point prompts: no ONNX export
+    assert choose_runtime("auto", "promise-colon", cpu) == ("torch", None)  # a 3D model
+    assert choose_runtime("auto", "litemedsam", cuda) == ("torch", None)  # the measured GPU path
+    assert choose_runtime("auto", "litemedsam", cuda, "fp16") == ("torch", None)
+    assert choose_runtime("auto", "litemedsam", cpu, "int8") == ("onnx", None)
+    assert choose_runtime("torch", "litemedsam", cpu) == ("torch", None)
+    with pytest.raises(engine.InvalidInputError, match="unknown runtime 'trt'; use auto, torch, onnx"):
+        choose_runtime("trt", "litemedsam", cpu)
+    monkeypatch.setattr(engine, "onnx_installed", lambda: False)
+    runtime, note = choose_runtime("auto", "litemedsam", cpu)
+    assert runtime == "torch" and "pip install onnxruntime onnx" in note
+    plain = Segmenter(device="cpu")
+    assert plain.runtime == "torch" and plain.messages == [note]  # said, not silent
+    with pytest.raises(engine.InvalidInputError, match="unknown runtime"):
+        Segmenter(device="cpu", runtime="tensorrt")
+
+
+def test_auto_runtime_falls_back_to_pytorch_when_onnx_fails_and_says_so(monkeypatch):
+    """An ONNX Runtime that fails to load: auto runs PyTorch with a message; an explicit onnx raises."""
+
+    def broken(self, shift_path=None):
+        raise CheckpointError("the cached export cannot be read")
+
+    monkeypatch.setattr(Segmenter, "_onnx_backend", broken)
+    auto = Segmenter(device="cpu", prompts="heuristic")
+    predictor = auto.load()
+    assert auto.runtime == "torch" and predictor.backend.runtime == "torch"
+    assert any("ONNX Runtime could not be used (the cached export cannot be read)" in m for m in auto.messages)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Segmenter(device="cpu", runtime="onnx").load()
+    with pytest.raises(CheckpointError, match="cannot be read"):  # int8 exists on ONNX only: no fallback
+        Segmenter(device="cpu", precision="int8").load()
+
+
+def test_a_wrong_checkpoint_is_refused_on_onnx_even_with_a_cached_export(tmp_path):
+    """The ONNX path reads the cached export, not the weights; a wrong --weights file is still an error."""
+    Segmenter(device="cpu", runtime="onnx").load()  # the cache holds an export of the shipped weights
+    bogus = tmp_path / "lite_medsam.pth"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not the expected"):
+        Segmenter(device="cpu", runtime="onnx", weights=str(bogus)).load()

@@ -103,3 +103,14 @@ def test_a_cached_onnx_export_of_the_old_decoder_graph_is_exported_anew(tmp_path
     own.load()
     assert "decoder_graph" not in json.loads(manifest_path.read_text())
     assert any("older decoder graph" in m for m in own.messages)
+
+
+def test_an_upscaling_other_than_sams_is_refused():
+    """The per-pixel upscaling holds only for 2 x 2, stride-2 transposed convolutions; anything else is an error."""
+    from ProMISeLib.models.prompt_batch_decoder import _upscaled_masks
+
+    modeling = sam_modeling()
+    odd = torch.nn.Sequential(torch.nn.ConvTranspose2d(16, 4, kernel_size=3, stride=2), modeling.common.LayerNorm2d(4),
+                              torch.nn.GELU(), torch.nn.ConvTranspose2d(4, 2, kernel_size=2, stride=2), torch.nn.GELU())
+    with pytest.raises(ValueError, match="2x2 stride-2"):
+        _upscaled_masks(odd, torch.zeros(1, 6, 16), 2, 3, torch.zeros(1, 2))

@@ -119,10 +119,10 @@ def test_segment_files_passes_the_runtime_to_one_engine(slicer_env, tmp_path):
     assert (made[0].model, made[0].device, made[0].runtime) == ("fake-model", "cpu", "onnx")
     assert len(made[0].calls) == 2
 
-    # the default stays PyTorch
+    # the default lets the engine choose
     logic.segmentFiles([(image, {"c": [4.0, 5.0, 6.0]})], outputFolder=tmp_path / "out", model="fake-model",
                        device="cpu")
-    assert FakeSegmenter.instances[-1].runtime == "torch" and FakeSegmenter.instances[-1] is not made[0]
+    assert FakeSegmenter.instances[-1].runtime == "auto" and FakeSegmenter.instances[-1] is not made[0]
 
     # an unknown runtime is refused once, before any case is loaded
     nodes_before = scene.GetNumberOfNodes()

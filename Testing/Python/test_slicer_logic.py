@@ -306,15 +306,16 @@ def test_runtime_reaches_the_engine_and_each_runtime_gets_its_own_engine(slicer_
     points = add_points([("lesion", ras_of_voxel(volume, (6, 9, 7)))])
 
     default = logic.segment(volume, points, model="fake-model", device="cpu")
-    torch_engine = FakeSegmenter.instances[-1]
-    assert torch_engine.runtime == "torch" and default.runtime == "torch"  # the default runtime
-    assert len(torch_engine.calls) == 1
+    auto_engine = FakeSegmenter.instances[-1]
+    assert auto_engine.runtime == "auto"  # the default: the engine chooses
+    assert default.runtime == "onnx"  # the run reports what the engine ran, not what was asked
+    assert len(auto_engine.calls) == 1
 
     run = logic.segment(volume, points, model="fake-model", device="cpu", runtime="onnx")
     onnx_engine = FakeSegmenter.instances[-1]
-    assert onnx_engine is not torch_engine  # another runtime: another engine
+    assert onnx_engine is not auto_engine  # another runtime: another engine
     assert (onnx_engine.model, onnx_engine.device, onnx_engine.runtime) == ("fake-model", "cpu", "onnx")
-    assert len(onnx_engine.calls) == 1 and len(torch_engine.calls) == 1  # the run went to the ONNX engine
+    assert len(onnx_engine.calls) == 1 and len(auto_engine.calls) == 1  # the run went to the ONNX engine
     assert run.runtime == "onnx" and run.objects[0].label == "lesion"
     assert logic.getSegmenter("fake-model", "cpu", "onnx") is onnx_engine
 
@@ -324,8 +325,8 @@ def test_runtime_reaches_the_engine_and_each_runtime_gets_its_own_engine(slicer_
     assert len(FakeSegmenter.instances) == count and len(onnx_engine.calls) == 2
 
     # back to PyTorch: a PyTorch engine again, not the ONNX one
-    logic.segment(volume, points, model="fake-model", device="cpu", runtime="torch")
-    assert FakeSegmenter.instances[-1].runtime == "torch"
+    run = logic.segment(volume, points, model="fake-model", device="cpu", runtime="torch")
+    assert FakeSegmenter.instances[-1].runtime == "torch" and run.runtime == "torch"
     assert FakeSegmenter.instances[-1] is not onnx_engine and len(onnx_engine.calls) == 2
     # the device is still part of the key
     assert logic.getSegmenter("fake-model", "cuda", "torch").device == "cuda"
@@ -337,7 +338,7 @@ def test_unknown_runtime_is_refused_before_any_work(slicer_env):
     points = add_points([("lesion", ras_of_voxel(volume, (6, 9, 7)))])
     count = len(FakeSegmenter.instances)
     before = scene_state(slicer_env.scene)
-    with pytest.raises(InvalidInputError, match="unknown runtime 'tensorrt'; use torch or onnx"):
+    with pytest.raises(InvalidInputError, match="unknown runtime 'tensorrt'; use auto, torch, onnx"):
         logic.segment(volume, points, runtime="tensorrt")
     assert scene_state(slicer_env.scene) == before
     assert len(FakeSegmenter.instances) == count and not logic.busy and not logic.canUndo()
@@ -356,8 +357,10 @@ def test_default_factory_hands_the_runtime_to_the_real_segmenter(slicer_env):
     assert isinstance(onnx, Segmenter) and onnx.runtime == "onnx" and onnx.model_name == DEFAULT_MODEL
     assert onnx.device.type == "cpu"
     assert logic.getSegmenter(None, "cpu", "onnx") is onnx
-    torch_engine = logic.getSegmenter(None, "cpu")
+    torch_engine = logic.getSegmenter(None, "cpu", "torch")
     assert isinstance(torch_engine, Segmenter) and torch_engine.runtime == "torch" and torch_engine is not onnx
+    default = logic.getSegmenter(None, "cpu")
+    assert isinstance(default, Segmenter) and default.requested_runtime == "auto" and default is not torch_engine
 
 
 # --- (4) bad input: clear error, scene unchanged ----------------------------------------------

@@ -274,22 +274,23 @@ def test_runtime_chooser_reaches_the_engine_and_is_saved(widget, module):
     import vtk
 
     ui, parameters = module.ui, widget._parameterNode
-    assert ui.runtimeComboBox.items == [("PyTorch", "torch"), ("ONNX Runtime", "onnx")]
-    assert ui.runtimeComboBox.currentData == "torch" and parameters.runtime == "torch"
+    assert ui.runtimeComboBox.items == [("Auto (ONNX Runtime on CPU)", "auto"), ("PyTorch", "torch"),
+                                        ("ONNX Runtime", "onnx")]
+    assert ui.runtimeComboBox.currentData == "auto" and parameters.runtime == "auto"
     assert ui.runtimeComboBox.slots["currentIndexChanged(int)"] == [widget.onRuntimeChanged]
 
     parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
     parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
     widget.onSegmentButton()
-    torch_engine = FakeSegmenter.instances[-1]
-    assert torch_engine.runtime == "torch" and len(torch_engine.calls) == 1
+    auto_engine = FakeSegmenter.instances[-1]
+    assert auto_engine.runtime == "auto" and len(auto_engine.calls) == 1
 
-    ui.runtimeComboBox.currentIndex = 1  # the user picks ONNX Runtime
+    ui.runtimeComboBox.currentIndex = 2  # the user picks ONNX Runtime
     widget.onRuntimeChanged()
     assert parameters.runtime == "onnx"  # saved with the scene
     widget.onSegmentButton()
     onnx_engine = FakeSegmenter.instances[-1]
-    assert onnx_engine is not torch_engine and onnx_engine.runtime == "onnx" and len(onnx_engine.calls) == 1
+    assert onnx_engine is not auto_engine and onnx_engine.runtime == "onnx" and len(onnx_engine.calls) == 1
     assert module.messages["errors"] == [] and "lesion" in ui.statusLabel.text
 
     # a saved choice is shown again when the parameter node is set

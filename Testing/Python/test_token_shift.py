@@ -151,8 +151,8 @@ def test_the_engine_applies_the_shift_and_says_so(model, brain, tmp_path):
     volume, geometry, truth = brain
     path = save_token_shift(_random_shift(model, 0.05), tmp_path / "mild.safetensors", {})
     click = [centre_click(truth)[::-1]]
-    shifted = Segmenter(device="cpu", prompts="heuristic", token_shift=str(path))
-    frozen = Segmenter(device="cpu", prompts="heuristic", token_shift="off")
+    shifted = Segmenter(device="cpu", prompts="heuristic", token_shift=str(path), runtime="torch")
+    frozen = Segmenter(device="cpu", prompts="heuristic", token_shift="off", runtime="torch")
     embedding = torch.randn(1, 256, 64, 64)
     boxes = np.array([[40.0, 50.0, 150.0, 170.0]], np.float32)
     a = shifted.load().backend.decode(embedding, boxes, None, None)

@@ -14,10 +14,11 @@ tokens are never projected.
 
 On the first layer the image side is the same for every prompt, so those products are shared.
 Per prompt this is about half of SAM's multiply-adds for a 64 x 64 embedding (0.9 G against 1.7 G);
-the upscaling convolutions, unchanged, are most of what is left. The weights are SAM's own modules, frozen and
-unchanged; the outputs equal ``MaskDecoder(multimask_output=False)`` to float rounding
-(``Testing/Python/test_prompt_batch_decoder.py``). Dense (mask) prompts are not supported: the
-engine never gives them, and without them the image side is shared.
+the upscaling (0.4 G) is most of what is left. Its 2 x 2, stride-2 transposed convolutions write each pixel's
+own block, so they run here as matrix products on channels-last pixels, with no col2im and no transpose of a
+(N, C, H, W) tensor. The weights are SAM's own modules, frozen and unchanged; the outputs equal
+``MaskDecoder(multimask_output=False)`` to float rounding (``Testing/Python/test_prompt_batch_decoder.py``).
+Dense (mask) prompts are not supported: the engine never gives them, and without them the image side is shared.
 """
 
 from __future__ import annotations
@@ -80,6 +81,39 @@ def _image_to_tokens(attention: nn.Module, positioned: Tensor, tokens: Tensor, t
     return weights @ (values + attention.out_proj.bias / heads)
 
 
+def _pixel_linear(conv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
+    """A 2 x 2, stride 2 transposed convolution as one matrix on channels-last pixels: (C_in, 4 C_out) and its bias.
+
+    Each input pixel writes its own 2 x 2 block of output pixels, so the convolution is a per-pixel linear map
+    whose output columns are ordered (row in the block, column in the block, channel)."""
+    c_in, c_out = conv.weight.shape[:2]
+    return conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out), conv.bias.repeat(4)
+
+
+def _upscaled_masks(upscaling: nn.Sequential, keys: Tensor, h: int, w: int, hyper: Tensor) -> Tensor:
+    """SAM's ``output_upscaling`` and hypernetwork product on channels-last image tokens.
+
+    ``keys`` (N, h w, C) -> (N, 1, 4h, 4w) logits. The same arithmetic as the module (transposed convolution,
+    channel LayerNorm, GELU, transposed convolution, GELU, then the product with ``hyper`` (N, C / 8)),
+    computed per pixel as matrix products. The pixels are put in image order only at the end, on the
+    single-channel logits, so no (N, C, H, W) tensor is ever transposed and no col2im runs.
+    """
+    first, norm, act1, second, act2 = upscaling
+    if not (isinstance(first, nn.ConvTranspose2d) and isinstance(second, nn.ConvTranspose2d)
+            and first.kernel_size == first.stride == second.kernel_size == second.stride == (2, 2)):
+        raise ValueError("expected SAM's output_upscaling: 2x2 stride-2 transposed convolutions")
+    n = keys.shape[0]
+    w1, b1 = _pixel_linear(first)
+    c1 = first.out_channels
+    x = (keys @ w1 + b1).reshape(n, h * w * 4, c1)  # (N, pixels x 2 x 2, C/4)
+    x = act1(torch.nn.functional.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2, b2 = _pixel_linear(second)
+    c2 = second.out_channels
+    x = act2(x @ w2 + b2).reshape(n, h * w * 16, c2)  # (N, pixels x 2 x 2 x 2 x 2, C/8)
+    logits = (x @ hyper[:, :, None]).reshape(n, h, w, 2, 2, 2, 2)  # (N, h, w, row1, col1, row2, col2)
+    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, 1, 4 * h, 4 * w)
+
+
 class PromptBatchDecoder(nn.Module):
     """Prompt embeddings on one image embedding -> SAM's single-mask logits and predicted IoU."""
 
@@ -114,10 +148,7 @@ class PromptBatchDecoder(nn.Module):
             keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, positioned, queries, tokens))
         queries = transformer.norm_final_attn(queries + _tokens_to_image(
             transformer.final_attn_token_to_image, queries, tokens, keys, keys + key_pe))
-        src = keys.transpose(1, 2).reshape(n, c, h, w)
-        upscaled = decoder.output_upscaling(src)
         hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])  # the first mask token: single-mask output
-        b, cu, hu, wu = upscaled.shape
-        masks = (hyper[:, None, :] @ upscaled.reshape(b, cu, hu * wu)).reshape(b, 1, hu, wu)
+        masks = _upscaled_masks(decoder.output_upscaling, keys, h, w, hyper)
         iou = decoder.iou_prediction_head(queries[:, 0, :])[:, :1]
         return masks, iou
