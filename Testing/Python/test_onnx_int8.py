@@ -96,7 +96,8 @@ def test_int8_is_refused_with_the_torch_runtime_or_on_cuda(export_dir, monkeypat
     from ProMISeLib.onnx_backend import OnnxBackend
 
     with pytest.raises(InvalidInputError, match="ONNX runtime only"):
-        Segmenter(device="cpu", precision="int8")
+        Segmenter(device="cpu", runtime="torch", precision="int8")
+    assert Segmenter(device="cpu", precision="int8").runtime == "onnx"  # auto takes the only runtime int8 has
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(InvalidInputError, match="CPU"):
         Segmenter(device="cuda", runtime="onnx", precision="int8")
