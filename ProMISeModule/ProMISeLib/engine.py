@@ -119,8 +119,6 @@ class Segmenter:
         self._prompter = None
         self._prompter_resolved = False
         self._mode = "heuristic"  # the prompts that run, once resolved
-        if runtime not in RUNTIMES:
-            raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
         if self.spec.kind == VOLUME3D and runtime == "onnx":
             raise InvalidInputError(f"{model} runs with the torch runtime only")
         self.parity_permuted_click = parity_permuted_click
@@ -133,13 +131,12 @@ class Segmenter:
         self.messages: list[str] = []
         self.requested_runtime = runtime
         asked = "onnx" if runtime == "auto" and onnx_dir else runtime  # an export directory asks for ONNX Runtime
-        self.runtime, note = choose_runtime(asked, model, self.device, precision)  # "torch" or "onnx"
-        runtime = self.runtime
+        self.runtime, note = choose_runtime(asked, model, self.device, precision)  # "torch" or "onnx"; checks it
         if note:
             self.messages.append(note)
-        if precision == "fp16" and (self.device.type != "cuda" or runtime != "torch"):
+        if precision == "fp16" and (self.device.type != "cuda" or self.runtime != "torch"):
             raise InvalidInputError("fp16 runs on CUDA with the torch runtime only")
-        if precision == "int8" and (self.device.type != "cpu" or runtime != "onnx"):
+        if precision == "int8" and (self.device.type != "cpu" or self.runtime != "onnx"):
             raise InvalidInputError("int8 runs on the CPU with the ONNX runtime only (--runtime onnx --device cpu)")
         self.weights_path = weights
         # Encode-ahead pays where the encoder runs beside the CPU (CUDA); on a small CPU it competes with the decoder.

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, ProMISeError, SegmentationCancelled
-from ProMISeLib.runtimes import RUNTIMES as ENGINE_RUNTIMES
+from ProMISeLib.runtimes import RUNTIMES
 
 from . import nodes
 from .undo import UndoStack, UndoStep
@@ -52,8 +52,6 @@ PALETTE = (
 #: Attribute on a segmentation node that ProMISe created: the ID of its volume.
 ATTR_VOLUME = "ProMISe.VolumeNodeID"
 
-#: Inference runtimes the engine offers (``ProMISeLib.engine.Segmenter(runtime=...)``): auto, torch, onnx.
-RUNTIMES = ENGINE_RUNTIMES
 
 #: How a click becomes per-slice box prompts (``ProMISeLib.engine.PROMPT_MODES``; repeated here so
 #: that importing the logic imports no torch): the engine's choice, the rule-based box search ranked
