@@ -29,6 +29,10 @@ token shift that never saw its patient; ``--token-shift`` sets one for all (``au
 (``--pad-mode mirror`` fills it with mirrored tissue, ``constant`` with the lowest value): the
 sarcoma scans are cropped 5 cm around the tumour, and real scans are not.
 
+``--click random:SEED`` clicks each scan at a random voxel instead of the one nearest the lesion's centroid:
+at least 3 mm inside the lesion's edge, on a slice where the lesion has at least half its largest area
+(``sample_data.random_lesion_click``; the same SEED gives the same clicks in every variant).
+
 ``--settings`` replaces the engine's default settings (for ``fused``, ``'{}'`` drops its own
 stop settings, ``FUSED_DEFAULTS``). Without it the engine's defaults run.
 """
@@ -39,6 +43,7 @@ import argparse
 import json
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +54,7 @@ from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.prompting.pipeline import held_out_fold
 from ProMISeLib.propagation import PropagationSettings
-from ProMISeLib.sample_data import lesion_click, load_cases, pad_field_of_view, read_case
+from ProMISeLib.sample_data import lesion_click, load_cases, pad_field_of_view, random_lesion_click, read_case
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -60,6 +65,14 @@ def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
             "slice_dice": float(np.mean([dice(mask[k], truth[k]) for k in both])) if both.size else 0.0,
             "extra_slices": int((pred_k & ~truth_k).sum()), "missed_slices": int((truth_k & ~pred_k).sum()),
             "lesion_slices": int(truth_k.sum())}
+
+
+def click_of(truth: np.ndarray, spacing_kji: tuple[float, float, float], case_id: str, rule: str):
+    """The scan's click (k, j, i): ``centre`` (the voxel nearest the centroid) or ``random:SEED``."""
+    if rule == "centre":
+        return lesion_click(truth)
+    seed = int(rule.removeprefix("random:"))
+    return random_lesion_click(truth, spacing_kji, np.random.default_rng([seed, zlib.crc32(case_id.encode())]))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -92,15 +105,16 @@ def run(args: argparse.Namespace) -> None:
         volume, geometry, truth = read_case(case)
         if field is not None:
             volume, geometry, truth = pad_field_of_view(volume, geometry, truth, field, args.pad_mode)
+        click = click_of(truth, tuple(geometry.spacing[::-1]), case.id, args.click)
         started = time.perf_counter()
         try:
-            result = segmenter.segment(volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
+            result = segmenter.segment(volume, geometry, [click[::-1]], space="ijk")
             mask, messages, work = result.mask.astype(bool), result.messages, {
                 "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices,
                 "method": result.method}
         except ProMISeError as exc:
             mask, messages, work = np.zeros_like(truth), [str(exc)], {}
-        row = {"case": case.id, "size": geometry.size, **decompose(mask, truth),
+        row = {"case": case.id, "size": geometry.size, "click_kji": [int(v) for v in click], **decompose(mask, truth),
                "seconds": time.perf_counter() - started, **work, "messages": messages}
         target.write_text(json.dumps(row, indent=1))
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "messages"}),
@@ -146,6 +160,7 @@ def main() -> None:
                              "never saw its patient")
     parser.add_argument("--field-of-view", default=None,
                         help="I,J,K: pad every scan out to this extent in mm (real scans are not cropped)")
+    parser.add_argument("--click", default="centre", help="centre, or random:SEED (a random voxel inside the lesion)")
     parser.add_argument("--pad-mode", default="mirror", choices=("mirror", "constant"))
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)

@@ -86,6 +86,10 @@ class CropWindow:
         if j_lo < j_hi and i_lo < i_hi:
             target[j_lo:j_hi, i_lo:i_hi] = crop_mask[j_lo - self.j0 : j_hi - self.j0, i_lo - self.i0 : i_hi - self.i0]
 
+    def contains(self, point_ji: tuple[int, int]) -> bool:
+        """Whether the window holds this (row, column) of the slice."""
+        return self.j0 <= point_ji[0] < self.j0 + self.side and self.i0 <= point_ji[1] < self.i0 + self.side
+
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,10 @@ class PropagationSettings:
     min_score: float = 0.7  # predicted IoU x self-consistency of the chosen mask
     propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
     propagation_verify: bool = True  # score each slice's candidates by re-decoding them from their own boxes
+    seed_shifts: tuple[float, ...] = (0.0,)  # the click search's boxes also move off the click by these fractions
+    # of their half-size, across and down (a click near a lesion's edge sits off its box's centre)
+    planes_through_seed: bool = False  # the coronal/sagittal planes pass through the seed mask's deepest point,
+    # not the click (an off-centre click's planes cut the lesion short)
     min_seed_score: float = 0.3  # below this the click is reported as finding nothing
     crop_snap: int = 16  # the context crop snaps to this grid so a moved click reuses its embedding
     orthogonal_stop: bool = True  # stop where the lesion ends in the coronal/sagittal planes through the click
@@ -135,19 +139,17 @@ class SliceMasks:
     start_k: int = 0  # the slice the lesion was found on
     reference: tuple[float, float] = (0.0, 1.0)  # the lesion's intensity mean and SD on that slice (stop rule)
 
-    def _in_crop(self, j: int, i: int) -> bool:
-        return 0 <= j - self.crop.j0 < self.crop.side and 0 <= i - self.crop.i0 < self.crop.side
-
     def contains(self, click_kji: tuple[int, int, int]) -> bool:
         """Whether the voxel is inside the lesion's mask."""
         k, j, i = click_kji
         mask = self.masks.get(k)
-        return mask is not None and self._in_crop(j, i) and bool(mask[j - self.crop.j0, i - self.crop.i0])
+        return mask is not None and self.crop.contains((j, i)) and bool(mask[j - self.crop.j0, i - self.crop.i0])
 
     def reaches(self, click_kji: tuple[int, int, int], slices: int) -> bool:
         """Whether the voxel is in the lesion's crop, at most ``slices`` past its first or last slice."""
         k, j, i = click_kji
-        return self._in_crop(j, i) and bool(self.masks) and min(self.masks) - slices <= k <= max(self.masks) + slices
+        return (self.crop.contains((j, i)) and bool(self.masks)
+                and min(self.masks) - slices <= k <= max(self.masks) + slices)
 
 
 def _component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, fill: bool = False) -> np.ndarray:
@@ -295,40 +297,43 @@ class LesionPropagator:
         points, labels = self._prompt_points(k, crop, positives, negatives)
         return self._best_at_click(embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
                                    self.pixel_mm, lambda b: self._exclude(b, k, crop, negatives), points, labels,
-                                   verify=verify)
+                                   verify=verify, shifts=self.settings.seed_shifts)
 
     def _best_at_click(self, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
                        exclude=None, points=None, labels=None, aspects=(1.0,),
-                       verify: bool = True) -> tuple[np.ndarray, float]:
+                       verify: bool = True, shifts: tuple[float, ...] = (0.0,)) -> tuple[np.ndarray, float]:
         """Box search around a click on one embedded crop: the best self-consistent candidate.
 
         Without ``verify`` the candidates are scored by the model's predicted IoU alone (half the decoding).
+        ``shifts`` move the boxes off the click (:meth:`_candidates_at_click`).
         """
         if self.prompter is not None and self.fused:
             return self._fused_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects,
-                                        verify)
+                                        verify, shifts)
         if self.prompter is not None:
             found = self._learned_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels)
             if found is not None:
                 return found
             self.messages.append("the learned prompter found nothing at the click; used the box search")
         candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                                       aspects=aspects, verify=verify)
+                                                       aspects=aspects, verify=verify, shifts=shifts)
         if not candidates:
             return np.zeros((side, side), bool), 0.0
         best = int(np.argmax(scores))
         return candidates[best], scores[best]
 
     def _candidates_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, extra=None,
-                             aspects=(1.0,), verify: bool = True):
+                             aspects=(1.0,), verify: bool = True, shifts: tuple[float, ...] = (0.0,)):
         """Rule-based candidates at a click with their scores (predicted IoU x self-consistency, or the
-        predicted IoU alone without ``verify``)."""
+        predicted IoU alone without ``verify``). Each box size is tried with its centre moved off the
+        click by every pair of ``shifts`` (fractions of its half-size, across and down)."""
         s = self.settings
         cj, ci = click_rc
         radii = np.array(s.seed_half_sizes_mm) / pixel_mm
         radii = radii[radii < side]
-        boxes = np.stack([[ci - r, cj - r * a, ci + r + 1, cj + r * a + 1] for a in aspects for r in radii
-                          if r * a < side]).astype(np.float32)
+        boxes = np.stack([[ci + dx * r - r, cj + (dy - 1) * r * a, ci + dx * r + r + 1, cj + (dy + 1) * r * a + 1]
+                          for a in aspects for r in radii if r * a < side for dy in shifts for dx in shifts]
+                         ).astype(np.float32)
         if extra is not None:
             boxes = np.concatenate([boxes, extra[None].astype(np.float32)])
         if exclude is not None:
@@ -362,14 +367,14 @@ class LesionPropagator:
         return candidates[best], score
 
     def _fused_at_click(self, embedding, side, click_rc, pixel_mm, exclude, points, labels, aspects=(1.0,),
-                        verify: bool = True):
+                        verify: bool = True, shifts: tuple[float, ...] = (0.0,)):
         """The rule-based search at a click, ranked by the learned prompter's mask at the click."""
         coarse = self.prompter.seed(embedding, side, click_rc)
         extra = None
         if coarse.box is not None:
             extra = coarse.box + np.array([-1, -1, 1, 1], np.float32) * self.settings.box_margin_px
         candidates, scores = self._candidates_at_click(embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                                       extra, aspects, verify)
+                                                       extra, aspects, verify, shifts)
         if not candidates:
             return np.zeros((side, side), bool), 0.0
         return self._fuse(candidates, scores, coarse.in_crop(side))
@@ -403,15 +408,21 @@ class LesionPropagator:
 
         With the ``seed`` (its crop and mask on the click's slice) and ``orthogonal_seed_weight`` set,
         each plane's candidates are ranked by how well their row through the click matches the seed's
-        cross-section there (:meth:`_plane_by_seed`).
+        cross-section there (:meth:`_plane_by_seed`). With ``planes_through_seed`` the planes pass through
+        the seed mask's deepest point (in mm) instead of the click.
         """
         k, j, i = click_kji
         depth = self.volume.shape[0]
         extents: dict[int, list] = {}
         seed_slice = None
-        if seed is not None and self.settings.orthogonal_seed_weight > 0:
+        if seed is not None and (self.settings.orthogonal_seed_weight > 0 or self.settings.planes_through_seed):
             seed_slice = np.zeros(self.volume.shape[1:], dtype=bool)
             seed[0].paste(seed_slice, seed[1])
+            if self.settings.planes_through_seed and seed_slice.any():
+                inside = ndimage.distance_transform_edt(seed_slice, sampling=self.spacing_ji)
+                j, i = (int(v) for v in np.unravel_index(np.argmax(inside), inside.shape))
+            if self.settings.orthogonal_seed_weight <= 0:
+                seed_slice = None
         for axis, (plane, in_plane_mm, centre) in enumerate(
             ((self.volume[:, j, :], self.spacing_ji[1], i), (self.volume[:, :, i], self.spacing_ji[0], j))
         ):

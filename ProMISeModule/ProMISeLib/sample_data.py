@@ -39,6 +39,22 @@ def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
 
 
+def random_lesion_click(mask: np.ndarray, spacing_kji: tuple[float, float, float], rng: np.random.Generator,
+                        inset_mm: float = 3.0, min_area_fraction: float = 0.5) -> tuple[int, int, int]:
+    """A voxel (k, j, i) where a user might click instead of the centre (benchmarks): drawn uniformly from
+    the slices whose lesion area is at least ``min_area_fraction`` of the largest, at least ``inset_mm``
+    inside the lesion's edge on its slice (the deepest voxels of a slice too thin for that)."""
+    from scipy import ndimage
+
+    areas = mask.sum(axis=(1, 2))
+    pool = []
+    for k in np.flatnonzero(areas >= min_area_fraction * areas.max()):
+        depth = ndimage.distance_transform_edt(mask[k], sampling=spacing_kji[1:])
+        inside = depth >= min(inset_mm, depth.max())
+        pool.extend((int(k), int(j), int(i)) for j, i in np.argwhere(inside))
+    return pool[int(rng.integers(len(pool)))]
+
+
 def corrective_click(mask: np.ndarray, truth: np.ndarray,
                      spacing_kji: tuple[float, float, float]) -> tuple[tuple[int, int, int], bool] | None:
     """Where a user corrects ``mask``: the voxel deepest inside its largest error region (benchmarks, tests).

@@ -519,3 +519,53 @@ def test_the_orthogonal_planes_keep_the_candidate_that_matches_the_seeds_cross_s
     if weight:
         rows, cols = extents[10]
         assert list(cols) == [26, 39] and list(rows) == [26, 39]
+
+
+def test_a_crop_window_holds_the_pixels_it_extracts():
+    crop = CropWindow(30, 5, 32)  # rows 30..61, columns 5..36
+    assert crop.contains((30, 5)) and crop.contains((61, 36))
+    assert not crop.contains((62, 20)) and not crop.contains((40, 4)) and not crop.contains((29, 10))
+
+
+def test_the_click_search_also_tries_boxes_with_the_click_off_their_centre():
+    """``seed_shifts``: the click search tries every box size also moved off the click by those fractions
+    of its half-size, across and down; each box still holds the click."""
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    boxes = []
+
+    class Recording(_BoxPredictor):
+        def decode(self, embedding, side, b, points=None, labels=None):
+            boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
+            return super().decode(embedding, side, b, points, labels)
+
+    settings = PropagationSettings(encode_ahead=0, seed_half_sizes_mm=(4, 8), seed_shifts=(-0.5, 0.0, 0.5))
+    propagator = LesionPropagator(Recording(), np.full((3, 64, 64), 100.0, np.float32), (1.0, 1.0), 1.0, settings)
+    propagator._search(1, (30, 20), CropWindow(0, 0, 64), [], [], verify=False)
+    (first,) = boxes
+    assert len(first) == 2 * 9
+    centres = {(float((x0 + x1 - 1) / 2 - 20), float((y0 + y1 - 1) / 2 - 30)) for x0, y0, x1, y1 in first}
+    assert centres == {(dx * r, dy * r) for r in (4, 8) for dx in (-0.5, 0, 0.5) for dy in (-0.5, 0, 0.5)}
+    assert all(x0 <= 20 < x1 and y0 <= 30 < y1 for x0, y0, x1, y1 in first)
+
+
+@pytest.mark.parametrize("through_seed", [False, True])
+def test_the_orthogonal_planes_can_pass_through_the_seeds_deepest_point(through_seed):
+    """``planes_through_seed``: the coronal and sagittal planes go through the seed mask's deepest point
+    on the click's slice instead of the click, which may sit near the lesion's edge."""
+    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+
+    planes = []
+
+    class Recording(_BoxPredictor):
+        def embed(self, volume, ks, crop):
+            planes.append(int(round(float(volume[0, 0, 0]))))  # the volume's values name the row (coronal) or column
+            return super().embed(volume, ks, crop)
+
+    k, j, i = np.mgrid[0:21, 0:80, 0:80]
+    volume = (j * 100 + i).astype(np.float32)  # volume[:, j, 0] = 100 j; volume[:, 0, i] = i
+    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=80.0, planes_through_seed=through_seed)
+    propagator = LesionPropagator(Recording(), volume, (1.0, 1.0), 1.0, settings)
+    seed = _disc(80, (40.5, 50.5), 15).astype(bool)  # deepest at row 40, column 50; the click is near its edge
+    propagator.orthogonal_extents((10, 30, 45), (CropWindow(0, 0, 80), seed))
+    assert planes == ([40 * 100, 50] if through_seed else [30 * 100, 45])

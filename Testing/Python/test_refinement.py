@@ -9,7 +9,22 @@ from ProMISeLib.engine import Segmenter
 from ProMISeLib.lesion_memory import LesionMemory
 from ProMISeLib.preprocess import CropWindow
 from ProMISeLib.propagation import SliceMasks
-from ProMISeLib.sample_data import corrective_click
+from ProMISeLib.sample_data import corrective_click, random_lesion_click
+
+
+def test_random_lesion_clicks_fall_well_inside_the_lesion_on_its_large_slices():
+    from scipy import ndimage
+
+    k, j, i = np.mgrid[0:9, 0:40, 0:60]
+    truth = ((k - 4) * 3.0) ** 2 + ((j - 20) * 1.0) ** 2 + ((i - 30) * 0.5) ** 2 <= 12.0**2  # spacing 3, 1, 0.5 mm
+    areas = truth.sum(axis=(1, 2))
+    clicks = {random_lesion_click(truth, (3.0, 1.0, 0.5), np.random.default_rng(s), inset_mm=4.0) for s in range(30)}
+    assert len(clicks) > 20  # spread over the lesion, not one voxel
+    for kk, jj, ii in clicks:
+        depth = ndimage.distance_transform_edt(truth[kk], sampling=(1.0, 0.5))
+        assert areas[kk] >= 0.5 * areas.max() and depth[jj, ii] >= 4.0
+    again = random_lesion_click(truth, (3.0, 1.0, 0.5), np.random.default_rng(7), inset_mm=4.0)
+    assert again == random_lesion_click(truth, (3.0, 1.0, 0.5), np.random.default_rng(7), inset_mm=4.0)
 
 
 def test_corrective_click_goes_deep_inside_the_largest_error():
