@@ -414,15 +414,15 @@ class LesionPropagator:
         k, j, i = click_kji
         depth = self.volume.shape[0]
         extents: dict[int, list] = {}
-        seed_slice = None
-        if seed is not None and (self.settings.orthogonal_seed_weight > 0 or self.settings.planes_through_seed):
-            seed_slice = np.zeros(self.volume.shape[1:], dtype=bool)
-            seed[0].paste(seed_slice, seed[1])
-            if self.settings.planes_through_seed and seed_slice.any():
-                inside = ndimage.distance_transform_edt(seed_slice, sampling=self.spacing_ji)
+        seed_slice = None  # the seed mask on the click's slice, when a setting reads it
+        if seed is not None:
+            on_slice = np.zeros(self.volume.shape[1:], dtype=bool)
+            seed[0].paste(on_slice, seed[1])
+            if self.settings.planes_through_seed and on_slice.any():
+                inside = ndimage.distance_transform_edt(on_slice, sampling=self.spacing_ji)
                 j, i = (int(v) for v in np.unravel_index(np.argmax(inside), inside.shape))
-            if self.settings.orthogonal_seed_weight <= 0:
-                seed_slice = None
+            if self.settings.orthogonal_seed_weight > 0:
+                seed_slice = on_slice
         for axis, (plane, in_plane_mm, centre) in enumerate(
             ((self.volume[:, j, :], self.spacing_ji[1], i), (self.volume[:, :, i], self.spacing_ji[0], j))
         ):

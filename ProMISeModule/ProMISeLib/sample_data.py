@@ -47,12 +47,13 @@ def random_lesion_click(mask: np.ndarray, spacing_kji: tuple[float, float, float
     from scipy import ndimage
 
     areas = mask.sum(axis=(1, 2))
-    pool = []
+    pool = []  # (n, 3) arrays of k, j, i, slice by slice
     for k in np.flatnonzero(areas >= min_area_fraction * areas.max()):
         depth = ndimage.distance_transform_edt(mask[k], sampling=spacing_kji[1:])
-        inside = depth >= min(inset_mm, depth.max())
-        pool.extend((int(k), int(j), int(i)) for j, i in np.argwhere(inside))
-    return pool[int(rng.integers(len(pool)))]
+        rows_cols = np.argwhere(depth >= min(inset_mm, depth.max()))
+        pool.append(np.column_stack([np.full(len(rows_cols), k), rows_cols]))
+    voxels = np.concatenate(pool)
+    return tuple(int(v) for v in voxels[int(rng.integers(len(voxels)))])
 
 
 def corrective_click(mask: np.ndarray, truth: np.ndarray,
