@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="cross-validation folds by patient (0: none; the number of patients or more: "
                                 "leave one patient out)")
     prompting.add_argument("--iterations", type=int, default=600)
+    prompting.add_argument("--click-depth-power", type=float, default=None,
+                           help="a training click's weight is its distance to the edge to this power (0: clicks "
+                                "anywhere inside alike; the default, 2, favours the middle)")
     prompting.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
     prompting.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="for encoding the slices")
     prompting.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="for encoding the slices")
@@ -293,10 +296,11 @@ def _run_train_prompting(args: argparse.Namespace) -> int:
     from .prompting.pipeline import PipelineSettings, train_prompting
     from .prompting.train import TrainSettings
 
+    clicks = {} if args.click_depth_power is None else {"click_depth_power": args.click_depth_power}
     card = train_prompting(Path(args.output), Path(args.data) if args.data else None,
                            Path(args.cache) if args.cache else None, args.device, args.runtime,
-                           TrainSettings(iterations=args.iterations), settings=PipelineSettings(folds=args.folds),
-                           jobs=args.jobs)
+                           TrainSettings(iterations=args.iterations, **clicks),
+                           settings=PipelineSettings(folds=args.folds), jobs=args.jobs)
     mean = card["validation"]["coarse_dice_mean"]
     print(f"validation on held-out patients (coarse, no decoder): mean Dice {mean}" if mean is not None
           else "no validation run")

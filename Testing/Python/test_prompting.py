@@ -22,6 +22,7 @@ from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map
 from ProMISeLib.prompting.pipeline import held_out_fold, save_prompt_net
 from ProMISeLib.prompting.prompter import LearnedPrompter, load_prompt_net
 from ProMISeLib.prompting.train import SampleBank, TrainSettings, make_batch, train_prompt_net
+from scipy import ndimage
 
 SMALL = PromptNetConfig(embed_dim=16, reduced_dim=8, width=8)
 
@@ -71,6 +72,28 @@ def test_batches_mix_roles_and_match_shapes():
     has_prior = prior.flatten(1).amax(1) > 0.5
     assert has_click.any() and has_prior.any()
     assert not (has_click & has_prior).any(), "a slice gets either the click or the neighbour's mask"
+
+
+def test_the_click_weighting_sets_how_far_inside_the_training_clicks_fall():
+    """``click_depth_power`` 2 puts the seed clicks near the middle, 0 anywhere inside the structure."""
+    bank = SampleBank([_synthetic_structure(0)])
+
+    def click_depths(power: float) -> np.ndarray:
+        settings = TrainSettings(batch_size=400, click_depth_power=power)
+        _, _, clicks, targets = make_batch(bank, np.random.default_rng(1), settings, 1.5)
+        depths = []
+        for click, target in zip(clicks[:, 0].numpy(), targets[:, 0].numpy(), strict=True):
+            if click.max() > 0.5:  # a seed or context sample: the click's depth, relative to its slice's deepest
+                r, c = np.unravel_index(int(click.argmax()), click.shape)
+                depth = ndimage.distance_transform_edt(target > 0.5)
+                depths.append(depth[r, c] / depth.max())
+        return np.array(depths)
+
+    middle, anywhere = click_depths(2.0), click_depths(0.0)
+    assert len(middle) > 50 and len(anywhere) > 50
+    assert (middle > 0).all() and (anywhere > 0).all(), "every click is inside the structure"
+    assert np.median(anywhere) < np.median(middle) - 0.15
+    assert (anywhere < 1 / 3).mean() > 1.5 * (middle < 1 / 3).mean()
 
 
 def test_training_lowers_the_loss_and_touches_only_the_prompter():
@@ -569,3 +592,21 @@ def test_the_orthogonal_planes_can_pass_through_the_seeds_deepest_point(through_
     seed = _disc(80, (40.5, 50.5), 15).astype(bool)  # deepest at row 40, column 50; the click is near its edge
     propagator.orthogonal_extents((10, 30, 45), (CropWindow(0, 0, 80), seed))
     assert planes == ([40 * 100, 50] if through_seed else [30 * 100, 45])
+
+
+@pytest.mark.parametrize(("argv", "power"),
+                         [([], TrainSettings().click_depth_power), (["--click-depth-power", "1"], 1.0)])
+def test_train_prompting_passes_the_click_weighting_to_the_recipe(tmp_path, monkeypatch, argv, power):
+    """``promise train-prompting --click-depth-power`` reaches the recipe; without it the default stays."""
+    from ProMISeLib import cli
+    from ProMISeLib.prompting import pipeline
+
+    seen = {}
+
+    def fake_train(output, data, cache, device, runtime, train, settings=None, jobs=1):
+        seen["train"] = train
+        return {"validation": {"coarse_dice_mean": None}}
+
+    monkeypatch.setattr(pipeline, "train_prompting", fake_train)
+    assert cli.main(["train-prompting", "--output", str(tmp_path), *argv]) == 0
+    assert seen["train"].click_depth_power == power

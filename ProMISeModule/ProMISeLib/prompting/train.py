@@ -42,6 +42,8 @@ class TrainSettings:
     max_erode: int = 1
     max_shift: int = 1
     tumour_weight: float = 2.0  # sampling weight of tumour structures relative to organs
+    click_depth_power: float = 2.0  # a training click's weight: its distance to the structure's edge to this
+    # power (0: anywhere inside alike; 2 favours the middle)
     threads: int = 1  # torch threads; one avoids OpenMP spin-waits that make small convolutions crawl
 
     def to_dict(self) -> dict:
@@ -100,12 +102,12 @@ def _perturb(mask: np.ndarray, rng: np.random.Generator, settings: TrainSettings
     return np.roll(mask, tuple(int(v) for v in shift), axis=(0, 1))
 
 
-def _random_click(target: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """A click inside the structure, favouring its interior (weight: distance to the edge)."""
+def _random_click(target: np.ndarray, rng: np.random.Generator, power: float = 2.0) -> tuple[float, float]:
+    """A click inside the structure, weighted by its distance to the edge to ``power``."""
     inside = target > 0.5
     depth = ndimage.distance_transform_edt(inside)
     cells = np.argwhere(inside)
-    weights = depth[inside] ** 2
+    weights = depth[inside] ** power
     r, c = cells[rng.choice(len(cells), p=weights / weights.sum())]
     return float(r + rng.uniform(0.1, 0.9)), float(c + rng.uniform(0.1, 0.9))
 
@@ -113,13 +115,14 @@ def _random_click(target: np.ndarray, rng: np.random.Generator) -> tuple[float, 
 def make_batch(bank: SampleBank, rng: np.random.Generator, settings: TrainSettings, sigma: float):
     """(embedding, prior, click, target) float32 tensors for one random batch."""
     emb, prior, click, target = [], [], [], []
+    power = settings.click_depth_power
     for _ in range(settings.batch_size):
         role = rng.random()
         if role < settings.p_context:
             s = bank.structures[bank.inside[rng.choice(len(bank.inside), p=bank.inside_p)][0]]
             emb.append(s.context_embedding)
             prior.append(np.zeros_like(s.context_target))
-            click.append(click_map([_random_click(s.context_target, rng)] if s.context_target.max() > 0.5
+            click.append(click_map([_random_click(s.context_target, rng, power)] if s.context_target.max() > 0.5
                                    else [s.context_click], sigma=sigma))
             target.append(s.context_target)
         elif role < settings.p_context + settings.p_seed:
@@ -128,7 +131,7 @@ def make_batch(bank: SampleBank, rng: np.random.Generator, settings: TrainSettin
             k = int(s.slices[pos])
             emb.append(s.embeddings[pos])
             prior.append(np.zeros_like(s.targets[k]))
-            click.append(click_map([_random_click(s.targets[k], rng)], sigma=sigma))
+            click.append(click_map([_random_click(s.targets[k], rng, power)], sigma=sigma))
             target.append(s.targets[k])
         else:
             s_index, pos = bank.roi[rng.choice(len(bank.roi), p=bank.roi_p)]
