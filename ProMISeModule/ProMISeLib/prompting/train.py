@@ -102,7 +102,7 @@ def _perturb(mask: np.ndarray, rng: np.random.Generator, settings: TrainSettings
     return np.roll(mask, tuple(int(v) for v in shift), axis=(0, 1))
 
 
-def _random_click(target: np.ndarray, rng: np.random.Generator, power: float = 2.0) -> tuple[float, float]:
+def _random_click(target: np.ndarray, rng: np.random.Generator, power: float) -> tuple[float, float]:
     """A click inside the structure, weighted by its distance to the edge to ``power``."""
     inside = target > 0.5
     depth = ndimage.distance_transform_edt(inside)
