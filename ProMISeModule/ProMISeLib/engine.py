@@ -40,6 +40,7 @@ from .weights import resolve_weights
 
 if TYPE_CHECKING:  # SimpleITK is imported only when a 3D model runs
     from .promise3d_inference import Promise3DRunner
+    from .prompting.step_ranker import StepRanker
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -149,6 +150,8 @@ class Segmenter:
         self.memory = LesionMemory()  # lesions found on the current volume, for cheap refinement clicks
         #: Called with each propagation step's candidates when set (diagnostics; ``benchmarks/candidates.py``).
         self.on_candidates: Callable[[StepCandidates], None] | None = None
+        #: A learned step ranker (``prompting.step_ranker``) that picks each propagated slice's mask and ends the walk.
+        self.step_ranker: StepRanker | None = None
         self._predictor: SlicePredictor | None = None
         self._normalised: tuple[weakref.ref, str, np.ndarray, str] | None = None
 
@@ -376,10 +379,12 @@ class Segmenter:
         propagator = LesionPropagator(predictor, normalised, spacing_ji, geometry.spacing[2], settings,
                                       progress, cancel, prompter=prompter, fused=fused)
         propagator.on_candidates = self.on_candidates
+        propagator.step_ranker = self.step_ranker
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = self._lesions_afresh(propagator, positives, negatives, progress)
         else:
-            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter)))
+            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter),
+                                           id(self.step_ranker)))
             lesions = self._lesions_refined(propagator, positives, negatives, progress)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():

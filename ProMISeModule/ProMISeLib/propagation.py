@@ -49,6 +49,7 @@ from .errors import EmptySegmentationError, SegmentationCancelled
 from .metrics import dice
 from .predictor import SlicePredictor
 from .preprocess import CropWindow
+from .prompting.step_ranker import StepRanker, WalkContext, step_features
 
 if TYPE_CHECKING:
     from .prompting.prompter import LearnedPrompter
@@ -104,6 +105,8 @@ class PropagationSettings:
     correction_scales: tuple[float, ...] | None = (1.0,)  # box sizes of a refinement's walk (None: propagation's)
     correction_extend_mm: float = 10.0  # a positive click past a lesion's end extends it this far past the click
     correction_verify: bool = False  # a refinement also re-decodes each candidate from its own box to score it
+    ranker_stop: float = 0.5  # with a step ranker: the walk ends where the kept candidate's predicted Dice is lower
+    ranker_choice: bool = True  # with a step ranker: it also picks each slice's candidate (else the rules do)
 
     def for_fused(self) -> PropagationSettings:
         """These settings with the fused prompts' validated stop: a wider, elongated search in the orthogonal
@@ -210,6 +213,10 @@ class LesionPropagator:
         self.last_coarse: np.ndarray | None = None  # the learned prompter's crop mask in the last step (fused)
         #: Called with each propagation step's :class:`StepCandidates` when set (benchmarks/candidates.py).
         self.on_candidates: Callable[[StepCandidates], None] | None = None
+        self.last_step: StepCandidates | None = None  # what the last propagation step weighed (None: it had no choice)
+        #: A learned step ranker (prompting.step_ranker): it picks each propagated slice's candidate and ends the walk.
+        self.step_ranker: StepRanker | None = None
+        self.walk: WalkContext | None = None  # the propagation's 3D context, while a walk runs
 
     # --- helpers --------------------------------------------------------------------------
     def _check_cancel(self) -> None:
@@ -527,7 +534,7 @@ class LesionPropagator:
         s = self.settings
         embedding = self._embedding(k, crop)
         coarse = None
-        self.network_ended, self.last_coarse = False, None
+        self.network_ended, self.last_coarse, self.last_step = False, None, None
         if self.prompter is not None and (self.fused or require is not None):
             coarse = self.prompter.follow(embedding, crop.side, previous)
             self.last_coarse = coarse.in_crop(crop.side) if coarse.box is not None else np.zeros_like(previous)
@@ -582,8 +589,15 @@ class LesionPropagator:
         else:
             best = int(np.argmax(scores))
             score = scores[best]
+        if self.step_ranker is not None and self.walk is not None:  # its predicted Dice ends the walk
+            quality = self.step_ranker.predict(step_features(k, crop.extract(self.volume[k]), (crop.j0, crop.i0),
+                                                             previous, candidates, predicted, scores, self.walk))
+            if s.ranker_choice:
+                best = int(np.argmax(quality))
+            score = float(quality[best])
+        self.last_step = StepCandidates(k, crop, previous, candidates, predicted, scores, reference, best)
         if self.on_candidates is not None:
-            self.on_candidates(StepCandidates(k, crop, previous, candidates, predicted, scores, reference, best))
+            self.on_candidates(self.last_step)
         return candidates[best], score
 
     def _learned_step(self, k: int, crop: CropWindow, embedding, previous: np.ndarray, positives, negatives):
@@ -613,8 +627,14 @@ class LesionPropagator:
 
     def _stop_reason(self, k: int, crop: CropWindow, mask: np.ndarray | None, score: float, previous: np.ndarray,
                      largest: int, reference: tuple[float, float]) -> str | None:
-        """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None."""
+        """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None.
+
+        With a step ranker, ``score`` is its predicted Dice and it alone decides."""
         s = self.settings
+        if self.step_ranker is not None and self.walk is not None:
+            if mask is None:
+                return "mask vanished"
+            return "the step ranker sees no lesion" if score < s.ranker_stop else None
         if mask is None or mask.sum() < s.min_area_fraction * largest:
             return "mask vanished"
         if mask.sum() > s.max_growth * previous.sum():
@@ -647,44 +667,49 @@ class LesionPropagator:
         depth = self.volume.shape[0]
         done = 0
         estimate = max(8, 2 * int(round(np.sqrt(start_mask.sum()) * self.pixel_mm / 3)))
-        for direction in (1, -1):
-            previous = start_mask
-            largest = start_mask.sum()
-            k = start_k + direction
-            while 0 <= k < depth:
-                beyond = False  # past the extent seen in the orthogonal planes (and its slack)
-                if extents:
-                    reach = [kk for kk in extents if (kk - start_k) * direction >= 0]
-                    limit = max(reach, key=lambda kk: abs(kk - start_k)) if reach else start_k
-                    beyond = (k - limit) * direction > s.orthogonal_tolerance
-                    if beyond and not (self.fused and s.network_extends):
-                        result.stops.append(f"stopped at slice {k}: the lesion ends in the coronal/sagittal planes")
-                        break
-                done += 1
-                lo, hi = progress_span
-                self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
-                if s.encode_ahead > 0:  # the next slices encode in the background while this one decodes
-                    ahead = [k + direction * n for n in range(s.encode_ahead + 1)]
+        try:
+            for direction in (1, -1):
+                previous = start_mask
+                largest = start_mask.sum()
+                k = start_k + direction
+                reach = [kk for kk in (extents or {}) if (kk - start_k) * direction >= 0]
+                limit = max(reach, key=lambda kk: abs(kk - start_k)) if reach else start_k  # the planes' farthest slice
+                self.walk = WalkContext(reference, start_k, int(start_mask.sum()), self.pixel_mm, self.slice_mm,
+                                        extents, limit if reach else None)
+                while 0 <= k < depth:
+                    beyond = False  # past the extent seen in the orthogonal planes (and its slack)
                     if extents:
-                        ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
-                    self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
-                mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify,
-                                         extra_box=self._orthogonal_box(extents, k, crop),
-                                         network_stop=self.fused and (s.fused_network_stop or beyond))
-                reason = ("the learned prompter sees no lesion" if self.network_ended
-                          else self._stop_reason(k, crop, mask, score, previous, largest, reference))
-                if not reason and beyond and (self.last_coarse is None
-                                              or dice(mask, self.last_coarse) < s.extend_agreement):
-                    reason = "the lesion ends in the coronal/sagittal planes and the learned prompter disagrees"
-                if reason:
-                    result.stops.append(f"stopped at slice {k}: {reason}")
-                    break
-                result.masks[k] = mask
-                largest = max(largest, int(mask.sum()))
-                previous = mask
-                k += direction
-            if s.encode_ahead > 0:
-                self.predictor.cancel_prefetch()  # slices queued past where this direction stopped
+                        beyond = (k - limit) * direction > s.orthogonal_tolerance
+                        if beyond and not (self.fused and s.network_extends):
+                            result.stops.append(f"stopped at slice {k}: the lesion ends in the coronal/sagittal planes")
+                            break
+                    done += 1
+                    lo, hi = progress_span
+                    self._report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
+                    if s.encode_ahead > 0:  # the next slices encode in the background while this one decodes
+                        ahead = [k + direction * n for n in range(s.encode_ahead + 1)]
+                        if extents:
+                            ahead = [kk for kk in ahead if (kk - limit) * direction <= s.orthogonal_tolerance]
+                        self.predictor.prefetch(self.volume, [kk for kk in ahead if 0 <= kk < depth], crop)
+                    mask, score = self._step(k, crop, previous, positives, negatives, verify=s.propagation_verify,
+                                             extra_box=self._orthogonal_box(extents, k, crop),
+                                             network_stop=self.fused and (s.fused_network_stop or beyond))
+                    reason = ("the learned prompter sees no lesion" if self.network_ended
+                              else self._stop_reason(k, crop, mask, score, previous, largest, reference))
+                    if not reason and beyond and (self.last_coarse is None
+                                                  or dice(mask, self.last_coarse) < s.extend_agreement):
+                        reason = "the lesion ends in the coronal/sagittal planes and the learned prompter disagrees"
+                    if reason:
+                        result.stops.append(f"stopped at slice {k}: {reason}")
+                        break
+                    result.masks[k] = mask
+                    largest = max(largest, int(mask.sum()))
+                    previous = mask
+                    k += direction
+                if s.encode_ahead > 0:
+                    self.predictor.cancel_prefetch()  # slices queued past where this direction stopped
+        finally:
+            self.walk = None  # a cancelled walk leaves no context behind
         return result
 
     # --- refinement -----------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""How far the one-click walk could go: the engine's walk with parts of it handed to the truth.
+
+One click per tumour scan (the voxel nearest the lesion's centroid), fused prompts. Each variant gives
+one part of the walk to an oracle that reads the expert label; everything else is the engine's:
+
+* ``engine``: nothing, the engine as shipped;
+* ``choice``: on every propagated slice the candidate with the best Dice against the truth is kept
+  (the same candidate boxes the engine decoded: its rules' boxes and the prompter's);
+* ``extent``: the walk goes on while the truth has the lesion on the slice, and stops where it ends
+  (no stop rule, no orthogonal-plane extent);
+* ``choice+extent``: both;
+* ``choice+extent+seed``: both, and the click's slice starts from the true mask instead of the seed
+  search's (in the engine's own ROI crop).
+
+The last one bounds what any ranking and any stop rule over these propagated boxes can reach from one
+click; the gap to the oracle box on every slice (``run_benchmark.py``) is the boxes themselves. The
+prompter is the shipped one, which saw every patient, so each row is an optimistic bound.
+
+    python benchmarks/oracle_walk.py --out ORACLE --shard 0/2   # and --shard 1/2 beside it
+    python benchmarks/oracle_walk.py --out ORACLE --summary --save benchmarks/results/oracle_walk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ProMISeLib import engine
+from ProMISeLib.engine import Segmenter
+from ProMISeLib.errors import ProMISeError
+from ProMISeLib.metrics import dice
+from ProMISeLib.preprocess import CropWindow
+from ProMISeLib.propagation import LesionPropagator
+from ProMISeLib.sample_data import lesion_click, load_cases, read_case
+
+VARIANTS = ("engine", "choice", "extent", "choice+extent", "choice+extent+seed")
+
+
+class OraclePropagator(LesionPropagator):
+    """The engine's propagator with the parts named in ``oracle`` decided by ``truth`` (K, J, I)."""
+
+    truth: np.ndarray | None = None
+    oracle: frozenset[str] = frozenset()
+
+    def _target(self, k: int, crop: CropWindow) -> np.ndarray:
+        return crop.extract(self.truth[k].astype(np.uint8)).astype(bool)
+
+    def seed(self, click_kji, positives, negatives):
+        crop, mask, score = super().seed(click_kji, positives, negatives)
+        target = self._target(click_kji[0], crop)
+        if "seed" in self.oracle and target.any():
+            return crop, target, 1.0
+        return crop, mask, score
+
+    def _step(self, k, crop, previous, *args, **kwargs):
+        mask, score = super()._step(k, crop, previous, *args, **kwargs)
+        step, target = self.last_step, self._target(k, crop)
+        if "choice" in self.oracle and step is not None and target.any():
+            best = int(np.argmax([dice(c, target) for c in step.candidates]))
+            return step.candidates[best], step.scores[best]
+        return mask, score
+
+    def _stop_reason(self, k, crop, mask, score, previous, largest, reference):
+        if "extent" not in self.oracle:
+            return super()._stop_reason(k, crop, mask, score, previous, largest, reference)
+        if not self._target(k, crop).any():
+            return "the true lesion ends"
+        return None if mask is not None else "mask vanished"
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    engine.LesionPropagator = OraclePropagator  # the Segmenter builds its propagator from this name
+    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200)
+    segmenter.replace_settings(encode_ahead=0)
+    for case in [c for c in load_cases() if c.label_values][shard::shards]:
+        target = out / f"{case.id}.json"
+        if target.exists():
+            continue
+        volume, geometry, truth = read_case(case)
+        OraclePropagator.truth = truth
+        click = lesion_click(truth)
+        row: dict = {"case": case.id, "lesion_slices": int(truth.any(axis=(1, 2)).sum())}
+        for variant in args.variants.split(","):
+            OraclePropagator.oracle = frozenset(variant.split("+")) - {"engine"}
+            segmenter.replace_settings(orthogonal_stop="extent" not in OraclePropagator.oracle)
+            segmenter.memory.clear()
+            started = time.perf_counter()
+            try:
+                mask = segmenter.segment(volume, geometry, [click[::-1]], space="ijk").mask.astype(bool)
+            except ProMISeError:
+                mask = np.zeros_like(truth)
+            row[variant] = {"dice": dice(mask, truth), "seconds": time.perf_counter() - started,
+                            "slices": int(mask.any(axis=(1, 2)).sum())}
+        target.write_text(json.dumps(row, indent=1))
+        print(json.dumps({k: v if not isinstance(v, dict) else round(v["dice"], 3) for k, v in row.items()}),
+              flush=True)
+
+
+def summary(root: Path, save: Path | None) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    variants = [v for v in VARIANTS if rows and all(v in r for r in rows)]
+    if save is not None:
+        save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1) + "\n")
+    lines = ["| variant | scans | mean Dice | median Dice | scans at 0.80 or more |", "|---|---|---|---|---|"]
+    for variant in variants:
+        values = [r[variant]["dice"] for r in rows]
+        lines.append(f"| {variant} | {len(values)} | {statistics.mean(values):.3f} | {statistics.median(values):.3f}"
+                     f" | {sum(v >= 0.8 for v in values)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
+    parser.add_argument("--summary", action="store_true", help="print the table of the scans done")
+    parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")
+    args = parser.parse_args()
+    if args.summary:
+        print(summary(Path(args.out), Path(args.save) if args.save else None))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
