@@ -52,8 +52,7 @@ class OraclePropagator(LesionPropagator):
 
     def seed(self, click_kji, positives, negatives):
         crop, mask, score = super().seed(click_kji, positives, negatives)
-        target = self._target(click_kji[0], crop)
-        if "seed" in self.oracle and target.any():
+        if "seed" in self.oracle and (target := self._target(click_kji[0], crop)).any():
             return crop, target, 1.0
         return crop, mask, score
 
@@ -73,15 +72,20 @@ class OraclePropagator(LesionPropagator):
         return None if mask is not None else "mask vanished"
 
 
+def shard_cases(shard: str) -> list:
+    """The labelled cases of shard "I/N": every N-th from the I-th."""
+    index, count = (int(v) for v in shard.split("/"))
+    return [c for c in load_cases() if c.label_values][index::count]
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shard, shards = (int(v) for v in args.shard.split("/"))
     engine.LesionPropagator = OraclePropagator  # the Segmenter builds its propagator from this name
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200)
     segmenter.replace_settings(encode_ahead=0)
-    for case in [c for c in load_cases() if c.label_values][shard::shards]:
+    for case in shard_cases(args.shard):
         target = out / f"{case.id}.json"
         if target.exists():
             continue

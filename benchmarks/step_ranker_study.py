@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from oracle_walk import OraclePropagator
+from oracle_walk import OraclePropagator, shard_cases
 from ProMISeLib import engine
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.prompting.step_ranker import FEATURES, step_features, train_ranker
 from ProMISeLib.propagation import FUSED_DEFAULTS
-from ProMISeLib.sample_data import lesion_click, load_cases, patient_group, read_case
+from ProMISeLib.sample_data import lesion_click, patient_group, read_case
 
 #: The walk's settings: the rules' candidates, the fused prompts' orthogonal search, no slice cap from the planes.
 WALK = {**FUSED_DEFAULTS, "encode_ahead": 0, "orthogonal_tolerance": 100}
@@ -48,7 +48,8 @@ class CollectingPropagator(OraclePropagator):
     the label prefers; walks on to ``margin`` slices past the label's ends."""
 
     margin = 4
-    rows: list[tuple[int, np.ndarray, list[float]]] = []
+    truth_slices: np.ndarray | None = None  # the slices the label has the lesion on
+    rows: list[tuple[np.ndarray, list[float]]] = []  # per step: the candidates' features and true Dice
 
     def _step(self, k, crop, previous, *args, **kwargs):
         mask, score = super()._step(k, crop, previous, *args, **kwargs)
@@ -57,15 +58,14 @@ class CollectingPropagator(OraclePropagator):
             target = self._target(k, crop)
             features = step_features(k, crop.extract(self.volume[k]), (crop.j0, crop.i0), previous, step.candidates,
                                      step.predicted, step.scores, self.walk)
-            type(self).rows.append((k, features, [dice(c, target) for c in step.candidates]))
+            type(self).rows.append((features, [dice(c, target) for c in step.candidates]))
         return mask, score
 
     def _stop_reason(self, k, crop, mask, score, previous, largest, reference):
         if mask is None:
             return "mask vanished"
-        slices = np.flatnonzero(self.truth.any(axis=(1, 2)))
         direction = 1 if k > self.walk.start_k else -1
-        end = slices.max() if direction > 0 else slices.min()
+        end = self.truth_slices.max() if direction > 0 else self.truth_slices.min()
         return "past the label's end" if (k - end) * direction > self.margin else None
 
 
@@ -76,23 +76,19 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
     return segmenter
 
 
-def _cases(args: argparse.Namespace):
-    shard, shards = (int(v) for v in args.shard.split("/"))
-    return [c for c in load_cases() if c.label_values][shard::shards]
-
-
 def collect(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     engine.LesionPropagator = CollectingPropagator  # the Segmenter builds its propagator from this name
     CollectingPropagator.margin = args.margin
     segmenter = _segmenter(args)
-    for case in _cases(args):
+    for case in shard_cases(args.shard):
         target = out / f"{case.id}.npz"
         if target.exists():
             continue
         volume, geometry, truth = read_case(case)
         CollectingPropagator.truth = truth
+        CollectingPropagator.truth_slices = np.flatnonzero(truth.any(axis=(1, 2)))
         click = lesion_click(truth)
         arrays = {}
         for name, oracle in (("engine", frozenset()), ("oracle", frozenset({"choice"}))):
@@ -104,10 +100,10 @@ def collect(args: argparse.Namespace) -> None:
             except ProMISeError:
                 pass
             rows = CollectingPropagator.rows
-            arrays[f"{name}_features"] = np.concatenate([f for _, f, _ in rows]) if rows else np.zeros((0, 17))
-            arrays[f"{name}_dice"] = np.concatenate([d for _, _, d in rows]) if rows else np.zeros(0)
-            arrays[f"{name}_step"] = np.concatenate([[n] * len(d) for n, (_, _, d) in enumerate(rows)]).astype(int) \
-                if rows else np.zeros(0, int)
+            arrays[f"{name}_features"] = np.concatenate([f for f, _ in rows]) if rows \
+                else np.zeros((0, len(FEATURES)), np.float32)
+            arrays[f"{name}_dice"] = np.array([d for _, dices in rows for d in dices], dtype=float)
+            arrays[f"{name}_step"] = np.array([n for n, (_, dices) in enumerate(rows) for _ in dices], dtype=int)
         np.savez_compressed(target, **arrays)
         print(case.id, {k: v.shape for k, v in arrays.items() if k.endswith("_dice")}, flush=True)
 
@@ -131,7 +127,7 @@ def evaluate(args: argparse.Namespace) -> None:
     segmenter = _segmenter(args)
     if args.settings:
         segmenter.replace_settings(**json.loads(args.settings))
-    for case in _cases(args):
+    for case in shard_cases(args.shard):
         target = out / f"{case.id}.json"
         if target.exists():
             continue

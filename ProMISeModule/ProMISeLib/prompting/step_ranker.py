@@ -60,7 +60,7 @@ def step_features(k: int, image: np.ndarray, crop_origin: tuple[int, int], previ
     """(n_candidates, len(FEATURES)) features of one step's candidates.
 
     ``image`` is the slice's normalised crop, ``crop_origin`` the crop's (row, column) in the volume,
-    ``previous`` the neighbouring slice's crop mask.
+    ``previous`` the neighbouring slice's crop mask; every candidate is a non-empty crop mask.
     """
     mean_ref, sd_ref = context.reference
     prev_area = max(int(previous.sum()), 1)
@@ -73,34 +73,33 @@ def step_features(k: int, image: np.ndarray, crop_origin: tuple[int, int], previ
     best_score = max(max(scores), 1e-6)
     radius_mm = np.sqrt(context.start_area / np.pi) * context.pixel_mm
     distance = abs(k - context.start_k) * context.slice_mm / max(radius_mm, 1e-3)
+    edge = np.zeros(previous.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     rows = []
     for mask, iou, score in zip(candidates, predicted, scores, strict=True):
-        area = max(int(mask.sum()), 1)
+        area = int(mask.sum())
         pixels = image[mask]
         ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
         shift = 0.0
-        if prev_centre is not None and mask.any():
+        if prev_centre is not None:
             shift = float(np.linalg.norm(np.array(ndimage.center_of_mass(mask)) - prev_centre)) / np.sqrt(prev_area)
         where = np.nonzero(mask)
-        row_range = (where[0].min() + crop_origin[0], where[0].max() + 1 + crop_origin[0]) if area else (0, 0)
-        col_range = (where[1].min() + crop_origin[1], where[1].max() + 1 + crop_origin[1]) if area else (0, 0)
+        row_range = (where[0].min() + crop_origin[0], where[0].max() + 1 + crop_origin[0])
+        col_range = (where[1].min() + crop_origin[1], where[1].max() + 1 + crop_origin[1])
         rows_overlap = cols_overlap = 0.0
         if rows_cols is not None:
             if rows_cols[0] is not None:
                 rows_overlap = _overlap_1d(row_range, tuple(rows_cols[0]))
             if rows_cols[1] is not None:
                 cols_overlap = _overlap_1d(col_range, tuple(rows_cols[1]))
-        edge = np.zeros_like(mask)
-        edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
         others = [dice(mask, o) for o in candidates if o is not mask]
         rows.append([
             iou, score, score / best_score, dice(mask, previous), np.log(area / prev_area),
             np.log(area / max(context.start_area, 1)),
-            (float(pixels.mean()) - mean_ref) / sd_ref if pixels.size else 0.0,
-            np.log(max(float(pixels.std()), 1e-3) / sd_ref) if pixels.size else 0.0,
+            (float(pixels.mean()) - mean_ref) / sd_ref, np.log(max(float(pixels.std()), 1e-3) / sd_ref),
             shift, past, float(rows_cols is not None), rows_overlap, cols_overlap, distance,
             float((mask & edge).sum()) / area, float(np.mean(others)) if others else 1.0,
-            (float(pixels.mean()) - float(image[ring].mean())) / sd_ref if pixels.size and ring.any() else 0.0,
+            (float(pixels.mean()) - float(image[ring].mean())) / sd_ref if ring.any() else 0.0,
         ])
     return np.asarray(rows, dtype=np.float32)
 
