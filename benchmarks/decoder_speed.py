@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
+from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import get_model_spec
-from ProMISeLib.onnx_backend import BoxDecoder
-from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.sample_data import lesion_click, load_cases, read_case
-from ProMISeLib.weights import resolve_weights
+from ProMISeLib.runtime.onnx_backend import BoxDecoder
 from speed import matmul_ceiling, timed
 from torch import nn
 

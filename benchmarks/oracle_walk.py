@@ -8,13 +8,14 @@ one part of the walk to an oracle that reads the expert label; everything else i
   (the same candidate boxes the engine decoded: its rules' boxes and the prompter's);
 * ``extent``: the walk goes on while the truth has the lesion on the slice, and stops where it ends
   (no stop rule, no orthogonal-plane extent);
-* ``choice+extent``: both;
-* ``choice+extent+seed``: both, and the click's slice starts from the true mask instead of the seed
-  search's (in the engine's own ROI crop).
+* ``choice+extent``: both.
 
 The last one bounds what any ranking and any stop rule over these propagated boxes can reach from one
 click; the gap to the oracle box on every slice (``run_benchmark.py``) is the boxes themselves. The
-prompter is the shipped one, which saw every patient, so each row is an optimistic bound.
+prompter is the shipped one, which saw every patient, so each row is an optimistic bound. The oracle
+plugs in through the walk's extension point (:class:`ProMISeLib.walk.WalkPlugin`). (The variant that
+also gave the click's slice to the truth, 0.865 on 2026-12-06, patched the seed; it is in
+``docs/studies/where-one-click-stands.md``.)
 
     python benchmarks/oracle_walk.py --out ORACLE --shard 0/2   # and --shard 1/2 beside it
     python benchmarks/oracle_walk.py --out ORACLE --summary --save benchmarks/results/oracle_walk.json
@@ -30,44 +31,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ProMISeLib import engine
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
+from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
 from ProMISeLib.metrics import dice
-from ProMISeLib.preprocess import CropWindow
-from ProMISeLib.propagation import LesionPropagator
-from ProMISeLib.sample_data import lesion_click, load_cases, read_case
+from ProMISeLib.walk import StepCandidates, WalkPlugin
 
-VARIANTS = ("engine", "choice", "extent", "choice+extent", "choice+extent+seed")
+VARIANTS = ("engine", "choice", "extent", "choice+extent")
 
 
-class OraclePropagator(LesionPropagator):
-    """The engine's propagator with the parts named in ``oracle`` decided by ``truth`` (K, J, I)."""
+class Oracle(WalkPlugin):
+    """The parts of the walk named in ``parts`` decided by ``truth`` (K, J, I), a plug-in of the walk."""
 
-    truth: np.ndarray | None = None
-    oracle: frozenset[str] = frozenset()
+    def __init__(self) -> None:
+        self.truth: np.ndarray | None = None
+        self.parts: frozenset[str] = frozenset()
 
-    def _target(self, k: int, crop: CropWindow) -> np.ndarray:
-        return crop.extract(self.truth[k].astype(np.uint8)).astype(bool)
+    def choose(self, step: StepCandidates) -> int | None:
+        target = step.crop.extract(self.truth[step.k].astype(np.uint8)).astype(bool)
+        if "choice" in self.parts and target.any():
+            return int(np.argmax([dice(c, target) for c in step.candidates]))
+        return None
 
-    def seed(self, click_kji, positives, negatives):
-        crop, mask, score = super().seed(click_kji, positives, negatives)
-        if "seed" in self.oracle and (target := self._target(click_kji[0], crop)).any():
-            return crop, target, 1.0
-        return crop, mask, score
-
-    def _step(self, k, crop, previous, *args, **kwargs):
-        mask, score = super()._step(k, crop, previous, *args, **kwargs)
-        step, target = self.last_step, self._target(k, crop)
-        if "choice" in self.oracle and step is not None and target.any():
-            best = int(np.argmax([dice(c, target) for c in step.candidates]))
-            return step.candidates[best], step.scores[best]
-        return mask, score
-
-    def _stop_reason(self, k, crop, mask, score, previous, largest, reference):
-        if "extent" not in self.oracle:
-            return super()._stop_reason(k, crop, mask, score, previous, largest, reference)
-        if not self._target(k, crop).any():
+    def stop(self, k: int, mask, reason: str | None) -> str | None:
+        if "extent" not in self.parts:
+            return reason
+        if not self.truth[k].any():
             return "the true lesion ends"
         return None if mask is not None else "mask vanished"
 
@@ -82,20 +71,20 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    engine.LesionPropagator = OraclePropagator  # the Segmenter builds its propagator from this name
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200)
+    oracle = Oracle()
+    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200, plugins=[oracle])
     segmenter.replace_settings(encode_ahead=0)
     for case in shard_cases(args.shard):
         target = out / f"{case.id}.json"
         if target.exists():
             continue
         volume, geometry, truth = read_case(case)
-        OraclePropagator.truth = truth
+        oracle.truth = truth
         click = lesion_click(truth)
         row: dict = {"case": case.id, "lesion_slices": int(truth.any(axis=(1, 2)).sum())}
         for variant in args.variants.split(","):
-            OraclePropagator.oracle = frozenset(variant.split("+")) - {"engine"}
-            segmenter.replace_settings(orthogonal_stop="extent" not in OraclePropagator.oracle)
+            oracle.parts = frozenset(variant.split("+")) - {"engine"}
+            segmenter.replace_settings(orthogonal_stop="extent" not in oracle.parts)
             segmenter.memory.clear()
             started = time.perf_counter()
             try:

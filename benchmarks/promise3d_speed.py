@@ -32,7 +32,7 @@ def build(reduced: bool, device: torch.device) -> tuple[torch.nn.Module, str]:
     """The model on ``device`` and where its weights came from."""
     if not reduced:
         from ProMISeLib.errors import CheckpointError
-        from ProMISeLib.promise3d_checkpoint import load_promise3d
+        from ProMISeLib.models.promise3d.checkpoint import load_promise3d
 
         try:
             model, _ = load_promise3d("promise-colon", device=device)

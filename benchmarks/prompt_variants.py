@@ -50,11 +50,12 @@ import numpy as np
 import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
+from ProMISeLib.io.sample_data import lesion_click, load_cases, pad_field_of_view, random_lesion_click, read_case
 from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
-from ProMISeLib.prompting.pipeline import held_out_fold
-from ProMISeLib.propagation import PropagationSettings
-from ProMISeLib.sample_data import lesion_click, load_cases, pad_field_of_view, random_lesion_click, read_case
+from ProMISeLib.walk import PropagationSettings
+from ProMISeTrain.prompter_pipeline import held_out_fold
+from ProMISeTrain.token_shift import TokenShift
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> None:
     field = tuple(float(v) for v in args.field_of_view.split(",")) if args.field_of_view else None
 
     def shift_of(case) -> str:
-        return str(held_out_fold(Path(args.token_shift_folds), case.id)) if args.token_shift_folds else args.token_shift
+        if args.token_shift_folds:
+            return str(held_out_fold(Path(args.token_shift_folds), case.id))
+        return args.token_shift or ""
 
     cases.sort(key=shift_of)  # one engine per token shift, each built once
     engines: dict[str, Segmenter] = {}
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
         if shift not in engines:
             engines.clear()  # the previous shift's engine and its embedding cache go
             engines[shift] = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings,
-                                       cache_mb=300, token_shift=shift)
+                                       cache_mb=300, plugins=[TokenShift.from_file(shift)] if shift else [])
         segmenter = engines[shift]
         if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
             segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
@@ -154,7 +157,8 @@ def main() -> None:
     parser.add_argument("--prompts", default="fused", choices=PROMPT_MODES)
     parser.add_argument("--settings", default=None, help="PropagationSettings fields as JSON (replaces the defaults)")
     parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
-    parser.add_argument("--token-shift", default="auto", help="decoder token shift for every scan: auto, off or a file")
+    parser.add_argument("--token-shift", default=None,
+                        help="a decoder token shift file for every scan, plugged into the walk (default: none)")
     parser.add_argument("--token-shift-folds", default=None,
                         help="the folds folder of `promise train-token-shift`: each scan gets the shift that "
                              "never saw its patient")

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
+from ProMISeLib.io.sample_data import corrective_click, lesion_click, load_cases, read_case
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.prompting import PROMPT_MODES
-from ProMISeLib.prompting.pipeline import held_out_fold
-from ProMISeLib.sample_data import corrective_click, lesion_click, load_cases, read_case
+from ProMISeTrain.prompter_pipeline import held_out_fold
 
 
 def step_row(result, truth: np.ndarray, spacing_kji, click=None, positive=None) -> dict:

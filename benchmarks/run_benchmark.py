@@ -43,10 +43,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from ProMISeLib.engine import Segmenter
+from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
 from ProMISeLib.metrics import dice, hd95
-from ProMISeLib.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.prompting.pipeline import held_out_fold
-from ProMISeLib.sample_data import lesion_click, load_cases, read_case
+from ProMISeTrain.prompter_pipeline import held_out_fold
 
 
 def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 sys.path.insert(0, str(REPO / "ProMISeModule"))
 
 from conftest_slicer import slicer_environment  # noqa: E402
-from ProMISeLib.sample_data import get_case, lesion_click, read_case  # noqa: E402
+from ProMISeLib.io.sample_data import get_case, lesion_click, read_case  # noqa: E402
 
 
 def main() -> None:

@@ -36,11 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ProMISeModule"))
 
 from ProMISeLib.engine import Segmenter  # noqa: E402
-from ProMISeLib.geometry import ImageGeometry  # noqa: E402
-from ProMISeLib.predictor import SlicePredictor  # noqa: E402
-from ProMISeLib.preprocess import CropWindow, normalize_intensities  # noqa: E402
+from ProMISeLib.io.geometry import ImageGeometry  # noqa: E402
+from ProMISeLib.io.preprocess import CropWindow, normalize_intensities  # noqa: E402
+from ProMISeLib.io.sample_data import corrective_click, lesion_click  # noqa: E402
 from ProMISeLib.prompting import PROMPT_MODES  # noqa: E402
-from ProMISeLib.sample_data import corrective_click, lesion_click  # noqa: E402
+from ProMISeLib.runtime.predictor import SlicePredictor  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -117,7 +117,7 @@ def load_cases(args):
             geometry = ImageGeometry((i, j, k), tuple(m["spacing"]), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
             yield cid, volume, geometry, pack[cid + "__gt"], "none"  # already normalised to 0-255
     else:
-        from ProMISeLib.sample_data import get_case, read_case
+        from ProMISeLib.io.sample_data import get_case, read_case
 
         for cid in args.cases.split(","):
             yield cid, *read_case(get_case(cid)), "auto"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, ProMISeError
-from .geometry import SPACES
-from .prompting import PROMPT_MODES
-from .runtimes import RUNTIMES
+from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
+from ProMISeLib.io.geometry import SPACES
+from ProMISeLib.prompting import PROMPT_MODES
+from ProMISeLib.runtime.choice import RUNTIMES
 
 EXIT_BAD_INPUT = 2
 
@@ -58,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", default=None)
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--output", required=True, help="directory for encoder.onnx, decoder.onnx, manifest.json")
-    export.add_argument("--token-shift", default="auto",
-                        help="decoder token shift: auto (the shipped one when validated as default), off, or a file")
     export.add_argument("--int8", action="store_true",
                         help="also write encoder.int8.onnx, int8 dynamically quantised (ONNX Runtime on a CPU)")
 
@@ -148,9 +146,6 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(heuristic), or auto (the mode the shipped prompter's card names as validated best)")
     parser.add_argument("--prompter-weights", default=None,
                         help="a learned prompter (.safetensors with its .json card) instead of the shipped one")
-    parser.add_argument("--token-shift", default="auto",
-                        help="learned shift of the decoder's output tokens: auto (the shipped one when its card "
-                             "names it the default), off, or a .safetensors file with its card")
 
 
 class _Progress:
@@ -171,8 +166,8 @@ class _Progress:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .engine import Segmenter
-    from .volume_io import check_writable, read_image, write_mask
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.io.volumes import check_writable, read_image, write_mask
 
     output = check_writable(args.output)
     volume, geometry = read_image(args.image)
@@ -182,7 +177,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
                           onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
-                          prompter_weights=args.prompter_weights, token_shift=args.token_shift)
+                          prompter_weights=args.prompter_weights)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
@@ -214,7 +209,7 @@ def peak_rss_mb() -> float:
 def _write_report(path: str, result) -> None:
     import json
 
-    from .volume_io import atomic_write
+    from ProMISeLib.io.volumes import atomic_write
 
     facts = {
         "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
@@ -226,11 +221,11 @@ def _write_report(path: str, result) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .engine import Segmenter
-    from .metrics import dice
-    from .overlay import write_overlay
-    from .sample_data import demo_case, lesion_click, read_case
-    from .volume_io import write_mask
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.io.overlay import write_overlay
+    from ProMISeLib.io.sample_data import demo_case, lesion_click, read_case
+    from ProMISeLib.io.volumes import check_writable, write_mask
+    from ProMISeLib.metrics import dice
 
     case = demo_case()
     print(f"demo case {case.id}: {case.image}")
@@ -239,10 +234,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     point_lps = geometry.index_to_lps(np.array(click[::-1], dtype=float))
     print("click (LPS mm): " + ",".join(f"{v:.1f}" for v in point_lps))
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: could not create the folder ({exc.strerror or exc})") from exc
+    check_writable(out_dir / f"{case.id}_promise.seg.nrrd")
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
                           onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
-                          prompter_weights=args.prompter_weights, token_shift=args.token_shift)
+                          prompter_weights=args.prompter_weights)
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, [point_lps], space="lps", progress=progress)
@@ -259,7 +258,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_models() -> int:
-    from .models.registry import list_models
+    from ProMISeLib.models.registry import list_models
 
     infos = list_models()
     width = max((len(info.name) for info in infos), default=0)
@@ -270,16 +269,16 @@ def _run_models() -> int:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
-    from .models.registry import get_model_spec
-    from .weights import download_weights, remove_downloaded_weights
+    from ProMISeLib.io.weights import download_weights, remove_downloaded_weights
+    from ProMISeLib.models.registry import get_model_spec
 
     if args.action == "download":
         path = download_weights(get_model_spec(args.model).weights)
         print(f"{args.model}: {path}")
         return 0
     if args.action == "add":
-        from .models.registry import add_model_weights
-        from .weights import sidecar_path
+        from ProMISeLib.io.weights import sidecar_path
+        from ProMISeLib.models.registry import add_model_weights
 
         path = add_model_weights(args.model, args.path)
         print(f"{args.model}: converted {args.path} -> {path} (description: {sidecar_path(path)})")
@@ -293,8 +292,8 @@ def _run_weights(args: argparse.Namespace) -> int:
 def _run_train_prompting(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .prompting.pipeline import PipelineSettings, train_prompting
-    from .prompting.train import TrainSettings
+    from ProMISeTrain.prompter_pipeline import PipelineSettings, train_prompting
+    from ProMISeTrain.prompter_train import TrainSettings
 
     clicks = {} if args.click_depth_power is None else {"click_depth_power": args.click_depth_power}
     card = train_prompting(Path(args.output), Path(args.data) if args.data else None,
@@ -310,8 +309,8 @@ def _run_train_prompting(args: argparse.Namespace) -> int:
 def _run_train_token_shift(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .prompting.pipeline import ShiftPipelineSettings, train_token_shift_job
-    from .prompting.token_shift import ShiftSettings
+    from ProMISeTrain.prompter_pipeline import ShiftPipelineSettings, train_token_shift_job
+    from ProMISeTrain.token_shift import ShiftSettings
 
     train = ShiftSettings(iterations=args.iterations, threads=1 if args.jobs > 1 else 2)
     card = train_token_shift_job(Path(args.output), Path(args.data) if args.data else None,
@@ -355,12 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _run_models()
         if args.command == "export":
-            from .models.registry import get_model_spec
-            from .onnx_backend import export_onnx
-            from .prompting.token_shift import resolve_token_shift
+            from ProMISeLib.runtime.onnx_backend import export_onnx
 
-            shift = resolve_token_shift(get_model_spec(args.model), args.token_shift)
-            manifest = export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8, token_shift=shift)
+            manifest = export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8)
             print(f"wrote {manifest}")
             return 0
         if args.command == "train-prompting":
@@ -370,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "weights":
             return _run_weights(args)
         if args.command in ("train", "evaluate"):
-            from . import evaluate3d, train3d
+            from ProMISeTrain import evaluate3d, train3d
 
             return (train3d if args.command == "train" else evaluate3d).run_cli(args)
         raise InvalidInputError(f"unknown command {args.command}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import ImageGeometry
+from ProMISeLib.io.geometry import ImageGeometry
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Batch: segment image files with their point lists and save ``.seg.nrrd`` files.
 
 Files are read and written with MRML storage nodes, so this runs the same in the Slicer GUI, in
-``Slicer --no-main-window --python-script`` and under ``slicer-core``.
+``Slicer --no-main-window --python-script`` and under ``slicer-core``. It takes the logic as an argument
+and never imports :mod:`.logic` (which imports this module).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 import slicer
 import vtk
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, ProMISeError
+
+from .options import checkPrompts, checkRuntime
 
 _IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr")
 
@@ -138,8 +141,6 @@ def segment_files(
     the engine prompted the model), ``error`` (None, or the message; with ``stopOnError`` the error is
     raised instead).
     """
-    from .logic import checkPrompts, checkRuntime
-
     checkRuntime(runtime)  # a bad runtime or prompts is refused once, not reported for every case
     checkPrompts(prompts)
     scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)

@@ -12,10 +12,21 @@ Console use::
     run = logic.segment(volumeNode, pointsNode, runtime="torch")  # the same with PyTorch (default: auto)
     run = logic.segment(volumeNode, pointsNode, prompts="heuristic")  # rule-based box prompts
     print(run.method)                                    # which prompts ran, e.g. "heuristic box prompts"
+
+A run has three steps, so that the panel and the Segment Editor effect can run the engine off the GUI
+thread (:mod:`.worker`): :meth:`ProMISeModuleLogic.prepareRun` reads and checks the scene (main thread),
+:meth:`ProMISeModuleLogic.computeRun` runs the engine (any one thread) and
+:meth:`ProMISeModuleLogic.applyRun` writes the segments (main thread). :meth:`segment` does all three.
+
+Which segment a point prompts: a control point whose description names a segment
+(``nodes.SEGMENT_PREFIX``, set by the panel and the effect) refines that segment; the other points are
+grouped by label, one segment per label (the console's rule). Every run passes all the clicks so far
+for a segment, so the engine's remembered lesion (per volume array) redoes only the new click's part.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,10 +36,16 @@ from pathlib import Path
 import numpy as np
 import slicer
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, ProMISeError, SegmentationCancelled
-from ProMISeLib.runtimes import RUNTIMES
 
 from . import nodes
+from .batch import segment_files
+from .options import PROMPT_MODES, checkPrompts, checkRuntime, default_model
 from .undo import UndoStack, UndoStep
+from .worker import BackgroundRunner
+
+__all__ = ["ATTR_ROI_SEGMENT", "ATTR_VOLUME", "PALETTE", "PROMPT_MODES", "ModelNotes", "PreparedRun",
+           "ProMISeModuleLogic", "PromptGroup", "SegmentRun", "SegmentedObject", "checkPrompts", "checkRuntime",
+           "default_model"]
 
 try:  # inside Slicer; absent from slicer-core, where the logic is a plain class
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -51,12 +68,8 @@ PALETTE = (
 
 #: Attribute on a segmentation node that ProMISe created: the ID of its volume.
 ATTR_VOLUME = "ProMISe.VolumeNodeID"
-
-
-#: How a click becomes per-slice box prompts (``ProMISeLib.engine.PROMPT_MODES``; repeated here so
-#: that importing the logic imports no torch): the engine's choice, the rule-based box search ranked
-#: by the learned prompter, the learned prompter alone, or the rule-based (heuristic) search alone.
-PROMPT_MODES = ("auto", "fused", "learned", "heuristic")
+#: Attribute on a Markups ROI: the ID of the segment it is the box prompt of.
+ATTR_ROI_SEGMENT = "ProMISe.SegmentID"
 
 
 @dataclass
@@ -112,20 +125,6 @@ class SegmentRun:
         return text
 
 
-def checkRuntime(runtime: str) -> str:
-    """``runtime`` if the engine offers it ("auto", "torch" or "onnx"), else InvalidInputError."""
-    if runtime not in RUNTIMES:
-        raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
-    return runtime
-
-
-def checkPrompts(prompts: str) -> str:
-    """``prompts`` if the engine offers it ("auto", "fused", "learned" or "heuristic"), else InvalidInputError."""
-    from ProMISeLib.engine import check_prompts
-
-    return check_prompts(prompts)
-
-
 @dataclass(frozen=True)
 class ModelNotes:
     """What the panel tells about a model beyond the registry's list."""
@@ -137,19 +136,53 @@ class ModelNotes:
     sourceHint: str = ""  # the file to download from ``page``
 
 
-def default_model() -> str:
-    from ProMISeLib.models.registry import DEFAULT_MODEL
+@dataclass
+class PromptGroup:
+    """The prompts of one segment: its positive and negative points and an optional box."""
 
-    return DEFAULT_MODEL
+    label: str  # the name a new segment gets
+    segmentId: str | None  # the routed target segment, or None: the segment of these points by label
+    positives: list[nodes.ControlPoint] = field(default_factory=list)
+    negatives: list[nodes.ControlPoint] = field(default_factory=list)
+    box: np.ndarray | None = None  # 2 x 3 opposite corners in the volume's RAS
+
+
+@dataclass
+class PreparedRun:
+    """A checked run: what :meth:`ProMISeModuleLogic.computeRun` needs, read from the scene."""
+
+    volumeNode: object
+    pointsNode: object
+    segmentationNode: object  # None: made when the results are written
+    array: np.ndarray
+    geometry: object
+    groups: list[PromptGroup]
+    model: str
+    device: str
+    runtime: str
+    prompts: str
+    recordUndo: bool = True
+    started: float = field(default_factory=time.perf_counter)
+    results: list = field(default_factory=list)  # (group, engine result), filled by computeRun
+
+
+def engineTakesBox(segmenter) -> bool:
+    """Does the engine's ``segment`` accept a ``box`` keyword (an axis-aligned box prompt)?"""
+    try:
+        return "box" in inspect.signature(segmenter.segment).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ProMISeModuleLogic(_LogicBase):
-    """Segments from fiducials, with an undo stack and one cached engine per (model, device, runtime, prompts).
+    """Segments from fiducials, with an undo stack, one cached engine and one worker thread for it.
 
-    The engine (and its embedding cache) is kept between calls, so re-running after moving a
-    fiducial on the same volume reuses the image embeddings. Nothing is imported from torch or
-    downloaded until the first :meth:`segment` call.
+    The engine (and its embedding cache and remembered lesions) is kept between calls, so re-running
+    after adding or moving a point on the same volume reuses the image embeddings. Nothing is
+    imported from torch or downloaded until the first run.
     """
+
+    _shared: ProMISeModuleLogic | None = None
 
     def __init__(self, segmenterFactory: Callable | None = None):
         if _LogicBase is not object:
@@ -158,11 +191,22 @@ class ProMISeModuleLogic(_LogicBase):
         #: engine's ``segment`` method; ``None`` means ``ProMISeLib.engine.Segmenter``.
         self.segmenterFactory = segmenterFactory
         self.undoStack = UndoStack()
+        #: The model, device, runtime and prompts the panel chose; the Segment Editor effect uses them too.
+        self.runOptions: dict[str, str | None] = {"model": None, "device": "auto", "runtime": "auto",
+                                                  "prompts": "auto"}
         self._segmenter = None
         self._segmenterKey: tuple[str, str, str, str] | None = None
         self._cancelRequested = False
         self._busy = False
         self._lastArray: tuple | None = None
+        self._runner: BackgroundRunner | None = None
+
+    @classmethod
+    def shared(cls) -> ProMISeModuleLogic:
+        """The logic the panel and the Segment Editor effect share (one engine, one worker thread)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
 
     # --- engine -------------------------------------------------------------------------------
     def getSegmenter(self, model: str | None = None, device: str = "auto", runtime: str = "auto",
@@ -186,22 +230,34 @@ class ProMISeModuleLogic(_LogicBase):
 
     def releaseSegmenter(self) -> None:
         """Drop the engine and its caches (frees memory; the next run loads the model again)."""
+        if self.busy:
+            raise InvalidInputError("a segmentation is running; cancel it first")
         self._segmenter = None
         self._segmenterKey = None
         self._lastArray = None
 
     @property
+    def runner(self) -> BackgroundRunner:
+        """The worker thread that holds the engine for the panel and the effect (made on first use)."""
+        if self._runner is None:
+            self._runner = BackgroundRunner()
+        return self._runner
+
+    @property
     def busy(self) -> bool:
-        return self._busy
+        """True while a run is in progress here or on the worker (then Segment and Undo are refused)."""
+        return self._busy or (self._runner is not None and self._runner.busy)
 
     def requestCancel(self) -> None:
-        """Ask the running :meth:`segment` to stop; it raises SegmentationCancelled and writes nothing."""
+        """Ask the running segmentation to stop; it raises SegmentationCancelled and writes nothing."""
         self._cancelRequested = True
+        if self._runner is not None:
+            self._runner.cancel()
 
     def _volumeArray(self, volumeNode):
         """The volume's (K, J, I) view and grid; the same view object while the voxels are unchanged.
 
-        The engine reuses intensity normalisation for the same array object, so the view is kept
+        The engine remembers lesions and intensity normalisation per array object, so the view is kept
         (which also stops Python from reusing its id for another volume's array).
         """
         array, geometry = nodes.volume_array_and_geometry(volumeNode)
@@ -222,12 +278,40 @@ class ProMISeModuleLogic(_LogicBase):
         return [(p.label, p.voxel_kji) for p in points]
 
     @staticmethod
-    def _groups(points: list[nodes.ControlPoint]) -> list[tuple[str, list[nodes.ControlPoint]]]:
-        """Positive points grouped by label, in order of first appearance: one segment per group."""
-        groups: dict[str, list[nodes.ControlPoint]] = {}
-        for point in points:
-            groups.setdefault(point.label, []).append(point)
-        return list(groups.items())
+    def groupPrompts(positives: list[nodes.ControlPoint], negatives: list[nodes.ControlPoint],
+                     box: np.ndarray | None = None, boxSegmentId: str | None = None,
+                     boxLabel: str = "box") -> list[PromptGroup]:
+        """One group per segment, in order of first appearance.
+
+        A point routed to a segment (its description) prompts that segment; the others are grouped by
+        label. A routed negative point belongs to its segment only; an unrouted one to every group. The box
+        goes to ``boxSegmentId``'s group (made if no point prompts it), else to the only group, else it
+        makes a group of its own.
+        """
+        groups: dict[tuple[str, str], PromptGroup] = {}
+        for point in positives:
+            key = ("segment", point.segmentId) if point.segmentId else ("label", point.label)
+            group = groups.setdefault(key, PromptGroup(point.label, point.segmentId))
+            group.positives.append(point)
+        if box is not None:
+            if boxSegmentId is not None:
+                group = groups.setdefault(("segment", boxSegmentId), PromptGroup(boxLabel, boxSegmentId))
+            elif len(groups) == 1:
+                group = next(iter(groups.values()))
+            elif not groups:
+                group = groups.setdefault(("label", boxLabel), PromptGroup(boxLabel, None))
+            else:
+                raise InvalidInputError("the box prompt fits several segments: choose the target segment for it")
+            group.box = np.asarray(box, float)
+        for point in negatives:
+            if point.segmentId:
+                group = groups.get(("segment", point.segmentId))
+                if group is not None:
+                    group.negatives.append(point)
+            else:
+                for group in groups.values():
+                    group.negatives.append(point)
+        return list(groups.values())
 
     # --- segmentation -------------------------------------------------------------------------
     def segment(
@@ -243,18 +327,28 @@ class ProMISeModuleLogic(_LogicBase):
         cancelCallback: Callable[[], bool] | None = None,
         runtime: str = "auto",
         prompts: str = "auto",
+        roiNode=None,
+        segmentIds: Sequence[str] | None = None,
     ) -> SegmentRun:
         """Segment the object under each positive fiducial of ``pointsNode`` in ``volumeNode``.
 
         - Control points that share a label prompt one object together; each label gives one
           segment named after it (Slicer labels points F-1, F-2, ... so by default every point is
-          its own segment). ``negativePointsNode``'s points are background prompts for every object.
+          its own segment). A point whose description routes it to a segment
+          (``nodes.set_point_segment_id``; the panel and the effect do this) refines that segment instead.
+          ``negativePointsNode``'s points are background prompts for their routed segment, or for every
+          object when not routed.
+        - ``roiNode`` (a Markups ROI) is a box prompt: for the segment named by its
+          ``ProMISe.SegmentID`` attribute, else for the only object, else for a new segment named after it.
+          ``pointsNode`` may then be None.
         - Points are read in world coordinates (parent transforms of the markups and the volume are
           followed) and must lie inside the volume.
         - Results go to ``segmentationNode``; when it is None, to the segmentation ProMISe made
           earlier for this volume, or to a new one that references the volume. A segment that
-          ProMISe made earlier from the same fiducial is replaced; no other segment is touched.
-        - ``pointIndices`` limits the run to the labels of those control points (auto re-run).
+          ProMISe made earlier from the same fiducial (or the routed segment) is replaced; no other
+          segment is touched.
+        - ``pointIndices`` limits the run to the objects of those control points (auto re-run);
+          ``segmentIds`` to those routed segments.
         - Every object is computed before anything is written: an error or a cancel
           (:meth:`requestCancel`, or ``cancelCallback()`` returning True) leaves the scene unchanged.
         - ``progressCallback(fraction, message)`` is called while the model runs.
@@ -277,87 +371,138 @@ class ProMISeModuleLogic(_LogicBase):
         Returns a :class:`SegmentRun`; raises a ``ProMISeLib.errors.ProMISeError`` subclass with a
         message fit for the user on bad input, an empty result or a cancel. One call is one undo step.
         """
-        if self._busy:
+        if self.busy:
             raise InvalidInputError("a segmentation is already running; wait for it or cancel it")
-        runtime = checkRuntime(runtime)
-        prompts = checkPrompts(prompts)
+        prepared = self.prepareRun(volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
+                                   pointIndices, runtime, prompts, roiNode, segmentIds)
         self._busy = True
         self._cancelRequested = False
         try:
-            return self._segment(
-                volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                progressCallback, pointIndices, cancelCallback, runtime, prompts,
-            )
+            def cancelled() -> bool:
+                return self._cancelRequested or bool(cancelCallback and cancelCallback())
+
+            self.computeRun(prepared, progressCallback, cancelled)
+            run = self.applyRun(prepared)
         finally:
             self._busy = False
+        if progressCallback is not None:
+            progressCallback(1.0, run.summary())
+        return run
 
-    def _segment(self, volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                 progressCallback, pointIndices, cancelCallback, runtime, prompts) -> SegmentRun:
-        started = time.perf_counter()
-        # 1. check everything before any work or any change to the scene
+    def prepareRun(self, volumeNode, pointsNode, segmentationNode=None, negativePointsNode=None,
+                   model: str | None = None, device: str = "auto", pointIndices: Sequence[int] | None = None,
+                   runtime: str = "auto", prompts: str = "auto", roiNode=None,
+                   segmentIds: Sequence[str] | None = None, recordUndo: bool = True) -> PreparedRun:
+        """Read and check everything a run needs (main thread); raises before any work or change."""
+        runtime = checkRuntime(runtime)
+        prompts = checkPrompts(prompts)
         array, geometry = self._volumeArray(volumeNode)
-        if pointsNode is None:
+        if pointsNode is None and roiNode is None:
             raise InvalidInputError("no positive points: place a fiducial on the object to segment")
         positives = nodes.control_points(pointsNode, volumeNode, "positive")
-        if not positives:
-            raise InvalidInputError(
-                f'"{pointsNode.GetName()}" has no placed points: place a fiducial on the object to segment'
-            )
         negatives = nodes.control_points(negativePointsNode, volumeNode, "negative")
         nodes.locate_points(geometry, positives, "positive")
         nodes.locate_points(geometry, negatives, "negative")
-        groups = self._groups(positives)
+        box = None
+        boxSegmentId = None
+        if roiNode is not None:
+            box = nodes.roi_box(roiNode, volumeNode)
+            boxSegmentId = roiNode.GetAttribute(ATTR_ROI_SEGMENT) or None
+            self._checkBoxOverlapsVolume(box, geometry, roiNode.GetName())
+        if not positives and box is None:
+            raise InvalidInputError(
+                f'"{pointsNode.GetName()}" has no placed points: place a fiducial on the object to segment'
+            )
+        groups = self.groupPrompts(positives, negatives, box, boxSegmentId,
+                                   roiNode.GetName() if roiNode is not None else "box")
         if pointIndices is not None:
             wanted = set(int(i) for i in pointIndices)
-            groups = [(label, pts) for label, pts in groups if any(p.index in wanted for p in pts)]
+            groups = [g for g in groups if any(p.index in wanted for p in g.positives + g.negatives)]
             if not groups:
                 raise InvalidInputError("none of the given control points is placed")
+        if segmentIds is not None:
+            wanted_ids = set(segmentIds)
+            groups = [g for g in groups if g.segmentId in wanted_ids]
+            if not groups:
+                raise InvalidInputError("no positive point or box prompts the chosen segment yet")
+        groups = [g for g in groups if g.positives or g.box is not None]
+        if not groups:
+            raise InvalidInputError("only background points: place a point on the object to segment")
         if segmentationNode is None:
             segmentationNode = self.findSegmentationFor(volumeNode)
         if segmentationNode is not None:
             nodes.check_segmentation_writable(segmentationNode)
             nodes.volume_to_segmentation_matrix(volumeNode, segmentationNode)  # raises if non-linear
+        return PreparedRun(volumeNode, pointsNode, segmentationNode, array, geometry, groups,
+                           model or default_model(), device, runtime, prompts, recordUndo)
 
-        # 2. run the engine for every object; nothing is written yet
-        model = model or default_model()
-        segmenter = self.getSegmenter(model, device, runtime, prompts)
-        negative_ras = np.array([p.ras for p in negatives]) if negatives else None
+    @staticmethod
+    def _checkBoxOverlapsVolume(box: np.ndarray, geometry, name: str) -> None:
+        corners = np.array([[box[a][0], box[b][1], box[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+        ijk = geometry.to_index(corners, "ras")
+        size = np.asarray(geometry.size, float)
+        low, high = ijk.min(axis=0), ijk.max(axis=0)
+        if np.any(high < -0.5) or np.any(low > size - 0.5):
+            raise InvalidInputError(f'ROI "{name}" lies outside the volume')
+
+    def computeRun(self, prepared: PreparedRun, progressCallback: ProgressCallback | None = None,
+                   cancelCallback: Callable[[], bool] | None = None) -> PreparedRun:
+        """Run the engine for every group (the worker thread, or the caller's); nothing is written.
+
+        Fills ``prepared.results`` and returns ``prepared``. Raises SegmentationCancelled on a cancel,
+        EmptySegmentationError when an object comes back empty.
+        """
+        segmenter = self.getSegmenter(prepared.model, prepared.device, prepared.runtime, prepared.prompts)
+        groups = prepared.groups
+        takesBox = engineTakesBox(segmenter)
 
         def cancelled() -> bool:
-            return self._cancelRequested or bool(cancelCallback and cancelCallback())
+            return bool(cancelCallback and cancelCallback())
 
         results = []
-        for n, (label, points) in enumerate(groups):
+        for n, group in enumerate(groups):
             if cancelled():
                 raise SegmentationCancelled("segmentation cancelled; nothing was changed")
 
-            def progress(fraction: float, message: str, n=n, label=label) -> None:
+            def progress(fraction: float, message: str, n=n, label=group.label) -> None:
                 if progressCallback is not None:
                     total = (n + min(max(float(fraction), 0.0), 1.0)) / len(groups)
                     progressCallback(total, f'"{label}" ({n + 1}/{len(groups)}): {message}')
 
-            result = segmenter.segment(
-                array, geometry, np.array([p.ras for p in points]), negative_points=negative_ras,
-                space="ras", progress=progress, cancel=cancelled,
-            )
-            if tuple(result.mask.shape) != tuple(array.shape):
-                raise ProMISeError(f"the engine returned a mask of shape {result.mask.shape}, expected {array.shape}")
+            keywords = {}
+            if group.box is not None:
+                if not takesBox:
+                    raise InvalidInputError("this ProMISe engine takes no box prompts yet; place a point instead")
+                keywords["box"] = tuple(tuple(float(v) for v in corner) for corner in group.box)
+            points = np.array([p.ras for p in group.positives]) if group.positives else None
+            negative = np.array([p.ras for p in group.negatives]) if group.negatives else None
+            result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
+                                       space="ras", progress=progress, cancel=cancelled, **keywords)
+            if tuple(result.mask.shape) != tuple(prepared.array.shape):
+                raise ProMISeError(
+                    f"the engine returned a mask of shape {result.mask.shape}, expected {prepared.array.shape}")
             if result.bbox_kji is None or result.voxel_count == 0:
                 detail = "; ".join(getattr(result, "messages", []) or []) or "the model found nothing at the point"
-                raise EmptySegmentationError(f'"{label}": {detail}')
-            results.append((label, points, result))
+                raise EmptySegmentationError(f'"{group.label}": {detail}')
+            results.append((group, result))
         if cancelled():
             raise SegmentationCancelled("segmentation cancelled; nothing was changed")
+        prepared.results = results
+        return prepared
 
-        # 3. write all segments as one undo step (rolled back if any write fails)
-        run = self._write(volumeNode, pointsNode, segmentationNode, results, model)
-        run.elapsed_s = time.perf_counter() - started
-        run.model = model
-        run.runtime = str(getattr(results[-1][2], "runtime", runtime)) if results else runtime  # what ran
-        run.prompts = prompts
-        run.device = str(getattr(results[-1][2], "device", device)) if results else device
-        if progressCallback is not None:
-            progressCallback(1.0, run.summary())
+    def applyRun(self, prepared: PreparedRun) -> SegmentRun:
+        """Write a computed run's segments as one undo step (main thread); returns the :class:`SegmentRun`."""
+        results = prepared.results
+        segmentationNode = prepared.segmentationNode
+        if segmentationNode is not None and segmentationNode.GetScene() is None:
+            raise InvalidInputError(f'segmentation "{segmentationNode.GetName()}" was removed during the run')
+        run = self._write(prepared.volumeNode, prepared.pointsNode, segmentationNode, results, prepared.model,
+                          prepared.recordUndo)
+        run.elapsed_s = time.perf_counter() - prepared.started
+        run.model = prepared.model
+        run.runtime = str(getattr(results[-1][1], "runtime", prepared.runtime)) if results else prepared.runtime
+        run.prompts = prepared.prompts
+        run.device = str(getattr(results[-1][1], "device", prepared.device)) if results else prepared.device
         return run
 
     def findSegmentationFor(self, volumeNode):
@@ -371,6 +516,11 @@ class ProMISeModuleLogic(_LogicBase):
                 return node
         return None
 
+    def outputSegmentationFor(self, volumeNode):
+        """The segmentation ProMISe writes into for this volume, made (empty) if there is none yet."""
+        node = self.findSegmentationFor(volumeNode)
+        return node if node is not None else self._newSegmentationNode(volumeNode)
+
     def _newSegmentationNode(self, volumeNode):
         scene = volumeNode.GetScene()
         if scene is None:
@@ -383,7 +533,11 @@ class ProMISeModuleLogic(_LogicBase):
             node.SetAndObserveTransformNodeID(volumeNode.GetParentTransformNode().GetID())
         return node
 
-    def _write(self, volumeNode, pointsNode, segmentationNode, results, model) -> SegmentRun:
+    @staticmethod
+    def nextColor(segmentationNode) -> tuple[float, float, float]:
+        return PALETTE[segmentationNode.GetSegmentation().GetNumberOfSegments() % len(PALETTE)]
+
+    def _write(self, volumeNode, pointsNode, segmentationNode, results, model, recordUndo=True) -> SegmentRun:
         created = segmentationNode is None
         if created:
             segmentationNode = self._newSegmentationNode(volumeNode)
@@ -393,31 +547,36 @@ class ProMISeModuleLogic(_LogicBase):
             if segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
                 segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         matrix = nodes.volume_to_segmentation_matrix(volumeNode, segmentationNode)
-        labels = ", ".join(label for label, _, _ in results)
+        labels = ", ".join(group.label for group, _ in results)
         step = UndoStep(f"ProMISe: {labels}", segmentationNode, createdNode=created)
         run = SegmentRun(segmentationNode)
+        markupsID = pointsNode.GetID() if pointsNode is not None else ""
         wasModifying = segmentationNode.StartModify()
         try:
-            for label, points, result in results:
-                ids = [p.id for p in points]
-                segmentId = nodes.find_own_segment(segmentationNode, pointsNode.GetID(), ids)
-                replaced = segmentId is not None
-                if segmentId is None:
-                    color = PALETTE[segmentation.GetNumberOfSegments() % len(PALETTE)]
-                    segmentId = segmentation.GenerateUniqueSegmentID("ProMISe")
-                    step.snapshots.append(nodes.snapshot_segment(segmentationNode, segmentId))
-                    segmentation.AddEmptySegment(segmentId, label, color)
+            for group, result in results:
+                ids = [p.id for p in group.positives]
+                if group.segmentId is not None:  # routed: refine that segment (made again if it was removed)
+                    segmentId = group.segmentId
+                    exists = segmentation.GetSegment(segmentId) is not None
                 else:
-                    step.snapshots.append(nodes.snapshot_segment(segmentationNode, segmentId))
+                    segmentId = nodes.find_own_segment(segmentationNode, markupsID, ids) if ids else None
+                    exists = segmentId is not None
+                step.snapshots.append(nodes.snapshot_segment(segmentationNode, segmentId or ""))
+                if not exists:
+                    color = self.nextColor(segmentationNode)
+                    if segmentId is None:
+                        segmentId = segmentation.GenerateUniqueSegmentID("ProMISe")
+                        step.snapshots[-1] = nodes.snapshot_segment(segmentationNode, segmentId)
+                    segmentation.AddEmptySegment(segmentId, group.label, color)
                 segment = segmentation.GetSegment(segmentId)
-                segment.SetName(label)
-                segment.SetTag(nodes.TAG_MARKUPS, pointsNode.GetID())
+                if group.segmentId is None:
+                    segment.SetName(group.label)
+                segment.SetTag(nodes.TAG_MARKUPS, markupsID)
                 segment.SetTag(nodes.TAG_POINTS, ",".join(ids))
                 segment.SetTag(nodes.TAG_MODEL, str(getattr(result, "model", model)))
                 nodes.write_segment(segmentationNode, segmentId, result.mask, result.bbox_kji, matrix)
-                run.objects.append(
-                    SegmentedObject(label, segmentId, result, [p.voxel_kji for p in points], replaced)
-                )
+                run.objects.append(SegmentedObject(group.label, segmentId, result,
+                                                   [p.voxel_kji for p in group.positives], exists))
         except Exception:
             segmentationNode.EndModify(wasModifying)
             try:
@@ -426,15 +585,23 @@ class ProMISeModuleLogic(_LogicBase):
                 logging.exception("ProMISe: could not roll back a failed write")
             raise
         segmentationNode.EndModify(wasModifying)
-        self.undoStack.push(step)
+        if recordUndo:
+            step.recordAfter()
+            self.undoStack.push(step)
         return run
 
     # --- undo ---------------------------------------------------------------------------------
     def canUndo(self) -> bool:
-        return self.undoStack.canUndo()
+        return not self.busy and self.undoStack.canUndo()
 
     def undo(self) -> str:
-        """Restore the segments the last run changed (removing those it added); returns what was undone."""
+        """Restore the segments the last run changed (removing those it added); returns what was undone.
+
+        Refused while a run is in progress, and when a segment of the last run was edited since
+        (``undo.EditedSinceRunError``): a manual edit is never overwritten.
+        """
+        if self.busy:
+            raise InvalidInputError("a segmentation is running; undo when it has finished")
         return self.undoStack.undo()
 
     # --- batch --------------------------------------------------------------------------------
@@ -456,8 +623,6 @@ class ProMISeModuleLogic(_LogicBase):
         ``runtime`` ("auto", "torch" or "onnx") and ``prompts`` ("auto", "fused", "learned" or "heuristic") are as for
         :meth:`segment`.
         """
-        from .batch import segment_files
-
         return segment_files(self, cases, outputFolder, model, device, progressCallback, stopOnError, scene,
                              runtime=runtime, prompts=prompts)
 
@@ -473,16 +638,16 @@ class ProMISeModuleLogic(_LogicBase):
     def downloadModel(name: str, progressCallback: ProgressCallback | None = None,
                       cancelCallback: Callable[[], bool] | None = None) -> Path:
         """Download a model's weights (pinned URL, SHA-256 checked) into the cache."""
+        from ProMISeLib.io.weights import download_weights
         from ProMISeLib.models.registry import get_model_spec
-        from ProMISeLib.weights import download_weights
 
         return download_weights(get_model_spec(name).weights, progress=progressCallback, cancel=cancelCallback)
 
     @staticmethod
     def modelNotes(name: str | None) -> ModelNotes:
         """Is ``name`` (None: the default) a ProMISe 3D model; is it added by hand, and from where."""
+        from ProMISeLib.io.weights import weights_file
         from ProMISeLib.models.registry import VOLUME3D, get_model_spec
-        from ProMISeLib.weights import weights_file
 
         spec = get_model_spec(name or default_model())
         entry = weights_file(spec.weights)
@@ -505,7 +670,7 @@ class ProMISeModuleLogic(_LogicBase):
 
     def removeDownloadedModels(self) -> list[Path]:
         """Delete downloaded weights (never files shipped in packages or pointed to by the user)."""
-        from ProMISeLib.weights import remove_downloaded_weights
+        from ProMISeLib.io.weights import remove_downloaded_weights
 
         self.releaseSegmenter()
         return list(remove_downloaded_weights())

@@ -1,6 +1,6 @@
 """MRML nodes <-> the engine's arrays and points, and reading/writing one segment.
 
-Coordinate rules (the engine's side is in ``ProMISeLib.geometry``):
+Coordinate rules (the engine's side is in ``ProMISeLib.io.geometry``):
 
 * A volume's voxels are read with ``slicer.util.arrayFromVolume``: a (K, J, I) view, never a copy.
 * A control point is read in WORLD coordinates (its own parent transforms applied) and mapped into
@@ -12,13 +12,14 @@ Coordinate rules (the engine's side is in ``ProMISeLib.geometry``):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
 import vtk
 from ProMISeLib.errors import InvalidInputError, PointOutsideImageError
-from ProMISeLib.geometry import ImageGeometry
+from ProMISeLib.io.geometry import ImageGeometry
 from ProMISeLib.result import bounding_box
 from vtk.util import numpy_support
 
@@ -27,6 +28,9 @@ TAG_MARKUPS = "ProMISe.MarkupsNodeID"
 TAG_POINTS = "ProMISe.ControlPointIDs"
 TAG_MODEL = "ProMISe.Model"
 OWN_TAGS = (TAG_MARKUPS, TAG_POINTS, TAG_MODEL)
+
+#: A control point's description starts with this when the point prompts one segment: the segment's ID follows.
+SEGMENT_PREFIX = "ProMISe segment: "
 
 _NOT_SCALAR_CLASSES = (
     "vtkMRMLVectorVolumeNode",
@@ -106,6 +110,20 @@ class ControlPoint:
     world: np.ndarray
     ras: np.ndarray
     voxel_kji: tuple[int, int, int] | None = None
+    segmentId: str | None = None  # the segment this point prompts (routed), or None: grouped by label
+
+
+def point_segment_id(markupsNode, index: int) -> str | None:
+    """The segment ID control point ``index`` was routed to (its description), or None."""
+    description = markupsNode.GetNthControlPointDescription(index) or ""
+    if description.startswith(SEGMENT_PREFIX):
+        return description[len(SEGMENT_PREFIX):].strip() or None
+    return None
+
+
+def set_point_segment_id(markupsNode, index: int, segmentId: str | None) -> None:
+    """Route control point ``index`` to ``segmentId`` (None: back to grouping by label)."""
+    markupsNode.SetNthControlPointDescription(index, f"{SEGMENT_PREFIX}{segmentId}" if segmentId else "")
 
 
 def world_to_volume_transform(volumeNode) -> vtk.vtkGeneralTransform:
@@ -130,8 +148,36 @@ def control_points(markupsNode, volumeNode, role: str = "positive") -> list[Cont
         markupsNode.GetNthControlPointPositionWorld(index, world)
         ras = np.asarray(transform.TransformPoint(world.tolist()), dtype=float)
         label = markupsNode.GetNthControlPointLabel(index) or f"{markupsNode.GetName()}-{index + 1}"
-        points.append(ControlPoint(index, markupsNode.GetNthControlPointID(index), label, world, ras))
+        points.append(ControlPoint(index, markupsNode.GetNthControlPointID(index), label, world, ras,
+                                   segmentId=point_segment_id(markupsNode, index)))
     return points
+
+
+def roi_box(roiNode, volumeNode) -> np.ndarray:
+    """A Markups ROI as a box prompt: two opposite corners (2 x 3) in ``volumeNode``'s own RAS.
+
+    The ROI's eight corners (its own orientation applied) are mapped through its parent transforms to
+    world and through the inverse of the volume's parent transforms into the volume's RAS; the result
+    is the axis-aligned box (in the volume's RAS) around them.
+    """
+    if not (hasattr(roiNode, "IsA") and roiNode.IsA("vtkMRMLMarkupsROINode")):
+        raise InvalidInputError("the box must be a Markups ROI")
+    if roiNode.GetNumberOfControlPoints() == 0 or \
+            roiNode.GetNthControlPointPositionStatus(0) != roiNode.PositionDefined:
+        raise InvalidInputError(f'ROI "{roiNode.GetName()}" is not placed')
+    radius = np.zeros(3)
+    roiNode.GetRadiusXYZ(radius)
+    if not np.all(np.isfinite(radius)) or np.any(radius <= 0):
+        raise InvalidInputError(f'ROI "{roiNode.GetName()}" has no size')
+    matrix = vtk_matrix_to_numpy(roiNode.GetObjectToNodeMatrix())
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+    corners_node = (matrix @ np.c_[signs * radius, np.ones(8)].T).T[:, :3]
+    node_to_volume = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
+        roiNode.GetParentTransformNode(), volumeNode.GetParentTransformNode(), node_to_volume
+    )
+    corners = np.array([node_to_volume.TransformPoint(c.tolist()) for c in corners_node], float)
+    return np.stack([corners.min(axis=0), corners.max(axis=0)])
 
 
 def locate_points(geometry: ImageGeometry, points: list[ControlPoint], role: str) -> None:
@@ -260,25 +306,47 @@ class SegmentSnapshot:
         return 0 if self.labelmap is None else int(np.count_nonzero(image_array(self.labelmap)))
 
 
+def _cropped_labelmap(segmentationNode, segmentId: str):
+    """(voxels cropped to the segment, their start index, image-to-world 4x4), or None when empty."""
+    full = slicer.vtkOrientedImageData()
+    if not segmentationNode.GetBinaryLabelmapRepresentation(segmentId, full):
+        return None
+    voxels = image_array(full)
+    box = bounding_box(voxels) if voxels.size else None
+    if box is None:
+        return None
+    (k0, k1), (j0, j1), (i0, i1) = box
+    e = full.GetExtent()
+    matrix = vtk.vtkMatrix4x4()
+    full.GetImageToWorldMatrix(matrix)
+    return voxels[k0:k1, j0:j1, i0:i1] != 0, (e[0] + i0, e[2] + j0, e[4] + k0), vtk_matrix_to_numpy(matrix)
+
+
 def snapshot_segment(segmentationNode, segmentId: str) -> SegmentSnapshot:
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         return SegmentSnapshot(segmentId, existed=False)
     tags = {key: value for key in OWN_TAGS if (value := segment_tag(segment, key)) is not None}
-    full = slicer.vtkOrientedImageData()
-    labelmap = None
-    if segmentationNode.GetBinaryLabelmapRepresentation(segmentId, full):
-        voxels = image_array(full)
-        box = bounding_box(voxels) if voxels.size else None
-        if box is not None:
-            (k0, k1), (j0, j1), (i0, i1) = box
-            e = full.GetExtent()
-            matrix = vtk.vtkMatrix4x4()
-            full.GetImageToWorldMatrix(matrix)
-            labelmap = oriented_image(
-                voxels[k0:k1, j0:j1, i0:i1] != 0, (e[0] + i0, e[2] + j0, e[4] + k0), vtk_matrix_to_numpy(matrix)
-            )
+    cropped = _cropped_labelmap(segmentationNode, segmentId)
+    labelmap = oriented_image(*cropped) if cropped is not None else None
     return SegmentSnapshot(segmentId, True, segment.GetName(), tuple(segment.GetColor()), tags, labelmap)
+
+
+def segment_fingerprint(segmentationNode, segmentId: str) -> str | None:
+    """A digest of the segment's voxels (where they are and which are set); None when it is absent.
+
+    Two calls give the same digest exactly when the segment's voxels are the same, so a change made
+    by hand after a run (painting, erasing, another effect) is noticed.
+    """
+    if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+        return None
+    cropped = _cropped_labelmap(segmentationNode, segmentId)
+    if cropped is None:
+        return "empty"
+    voxels, start, matrix = cropped
+    digest = hashlib.sha1(np.packbits(voxels).tobytes())
+    digest.update(repr((voxels.shape, tuple(int(v) for v in start), np.round(matrix, 6).tolist())).encode())
+    return digest.hexdigest()
 
 
 def restore_segment(segmentationNode, snapshot: SegmentSnapshot) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ProMISeLib.sample_data import Case, lesion_click, load_cases
-from ProMISeLib.settings import data_dir
+from ProMISeLib.io.paths import data_dir
+from ProMISeLib.io.sample_data import Case, lesion_click, load_cases
 
 
 def pytest_configure(config):
@@ -22,7 +22,7 @@ def cases() -> dict[str, Case]:
 @pytest.fixture(scope="session")
 def brain(cases):
     """brain1 as (volume, geometry, tumour mask), read once."""
-    from ProMISeLib.sample_data import read_case
+    from ProMISeLib.io.sample_data import read_case
 
     return read_case(cases["brain1"])
 

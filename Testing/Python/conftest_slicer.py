@@ -297,8 +297,8 @@ def fake_factory(**options):
 def load_case_arrays(case_id: str, with_label_image: bool = False):
     """(image array, label array, SimpleITK image[, SimpleITK label]) of a labelled case, or skip."""
     sitk = pytest.importorskip("SimpleITK")
-    from ProMISeLib.sample_data import load_cases
-    from ProMISeLib.settings import data_dir
+    from ProMISeLib.io.paths import data_dir
+    from ProMISeLib.io.sample_data import load_cases
 
     folder = data_dir()
     cases = {c.id: c for c in load_cases(folder)} if folder is not None else {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from ProMISeLib.sample_data import Case, load_cases
+from ProMISeLib.io.sample_data import Case, load_cases
 
 #: Small CT cases with lesions of different sizes (STS_019: ~17 mL, STS_008: ~28 mL, STS_002: ~53 mL).
 TINY_CASES = ("STS_019_CT", "STS_008_CT", "STS_002_CT")

@@ -128,6 +128,20 @@ def test_output_that_cannot_be_written(tmp_path, capsys):
                                            str(locked / "m.nii.gz")], "not writable")
 
 
+def test_an_output_folder_that_refuses_writes_is_refused_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    """/proc passes the permission check even as root, yet no file can be made there: refused in one line,
+    exit 2, and the model is never built."""
+    from ProMISeLib import engine
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built for an output that can't be written")
+
+    monkeypatch.setattr(engine, "Segmenter", no_model)
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "1,1,1", "--output", "/proc/x.nii.gz"],
+                    "not writable")
+
+
 def test_models_listing_is_aligned_for_the_longest_name(capsys):
     from ProMISeLib.models.registry import MODELS
 

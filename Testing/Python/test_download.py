@@ -10,10 +10,10 @@ import threading
 import zipfile
 
 import pytest
-from ProMISeLib import weights
-from ProMISeLib.download import RemoteFile, fetch
 from ProMISeLib.errors import CheckpointError, DownloadError, SegmentationCancelled
-from ProMISeLib.sample_data import SAMPLE_MEMBERS, download_sample
+from ProMISeLib.io import weights
+from ProMISeLib.io.download import RemoteFile, fetch
+from ProMISeLib.io.sample_data import SAMPLE_MEMBERS, download_sample
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import SimpleITK as sitk
 from conftest import centre_click
 from ProMISeLib.engine import Segmenter, segment
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, SegmentationCancelled
-from ProMISeLib.geometry import ImageGeometry
+from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.sample_data import read_case
 from ProMISeLib.metrics import dice, hd95
-from ProMISeLib.sample_data import read_case
+from ProMISeLib.walk import WalkPlugin
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +43,16 @@ def test_one_click_then_refinement_reuses_embeddings(segmenter, small_tumour):
     # Forgotten (a new session), every slice is decoded again but every embedding comes from the cache.
     segmenter.memory.clear()
     steps = []
-    segmenter.on_candidates = steps.append  # the diagnostics hook reports each propagation step's candidates
+
+    class Recorder(WalkPlugin):  # a plug-in that only watches: each propagation step's candidates
+        def choose(self, step):
+            steps.append(step)
+
+    segmenter.plugins = (Recorder(),)
     try:
         anew = segmenter.segment(volume, geometry, [lps], space="lps")
     finally:
-        segmenter.on_candidates = None
+        segmenter.plugins = ()
     assert anew.encoded_slices == 0 and anew.cached_slices > 0 and anew.decoded_slices == first.decoded_slices
     np.testing.assert_array_equal(anew.mask, first.mask)
     kept = [step for step in steps if anew.mask[step.k].any()]

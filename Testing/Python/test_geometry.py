@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from ProMISeLib.errors import PointOutsideImageError
-from ProMISeLib.geometry import ImageGeometry, lps_to_ras
+from ProMISeLib.io.geometry import ImageGeometry, lps_to_ras
 from scipy.spatial.transform import Rotation
 
 
@@ -79,7 +79,7 @@ def test_point_outside_is_refused_with_its_coordinates():
 @pytest.mark.parametrize("mode", ["mirror", "constant"])
 def test_field_of_view_padding_matches_simpleitk_pad(mode):
     """The benchmarks' padded scans keep every voxel where SimpleITK's own pad filter puts it."""
-    from ProMISeLib.sample_data import pad_field_of_view
+    from ProMISeLib.io.sample_data import pad_field_of_view
 
     image = _oblique_image(size=(12, 9, 5), seed=4)
     rng = np.random.default_rng(4)

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError
-from ProMISeLib.geometry import ImageGeometry
-from ProMISeLib.volume_io import read_image, write_mask
+from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.volumes import read_image, write_mask
 
 
 def _write(tmp_path, array, name="img.nrrd", spacing=None):

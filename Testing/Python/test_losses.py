@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ProMISeLib.losses import BoundaryAwareLoss, edge_map, one_hot_labels
 from ProMISeLib.metrics import nsd
+from ProMISeTrain.losses import BoundaryAwareLoss, edge_map, one_hot_labels
 from scipy import ndimage
 
 

@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 from msd_fixtures import real_ct_cases, write_msd
 from ProMISeLib.errors import InvalidInputError
-from ProMISeLib.evaluate3d import choose_click, paste_back
 from ProMISeLib.metrics import dice
 from ProMISeLib.models.promise3d.config import PRESETS
-from ProMISeLib.msd import CropGrid, MSDDataset, case_id, image_crop, label_crop, load_case, task_preprocessing
-from ProMISeLib.train3d import Augmentation, sample_points, sample_training_crop
+from ProMISeTrain.evaluate3d import choose_click, paste_back
+from ProMISeTrain.msd import CropGrid, MSDDataset, case_id, image_crop, label_crop, load_case, task_preprocessing
+from ProMISeTrain.train3d import Augmentation, sample_points, sample_training_crop
 
 COLON = PRESETS["promise-colon"].preprocessing
 
@@ -119,7 +119,7 @@ def test_crop_is_centred_on_the_click_at_1mm(tiny_msd):
 
 def test_training_crops_and_inference_crops_share_one_grid(tiny_msd):
     """Without rotation or zoom, the training crop grid is the grid the inference runner resamples."""
-    from ProMISeLib.promise3d_inference import crop_geometry
+    from ProMISeLib.models.promise3d.runner import crop_geometry
 
     volumes = load_case(MSDDataset(tiny_msd, "colon").cases[0], 1)
     click = choose_click(volumes.label_array())
@@ -174,8 +174,8 @@ def test_training_crop_positive_and_seeded(tiny_msd):
 
 def test_augmentations_keep_image_and_label_aligned(tmp_path):
     """On a synthetic scan whose intensity is the label, every augmented crop's image still matches its label."""
-    from ProMISeLib.geometry import ImageGeometry
-    from ProMISeLib.msd import CaseVolumes
+    from ProMISeLib.io.geometry import ImageGeometry
+    from ProMISeTrain.msd import CaseVolumes
 
     shape = (40, 60, 60)
     label = np.zeros(shape, np.uint8)

@@ -10,7 +10,7 @@ import pytest
 from conftest import centre_click, flip_byte
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError
-from ProMISeLib.preprocess import CropWindow, normalize_intensities
+from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -18,7 +18,7 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from ProMISeLib.onnx_backend import export_onnx
+    from ProMISeLib.runtime.onnx_backend import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
     export_onnx("litemedsam", out)
@@ -33,7 +33,7 @@ def test_manifest_records_hashes_and_preprocessing(export_dir):
 
 
 def test_logits_agree_with_pytorch_on_real_slices(export_dir, brain):
-    from ProMISeLib.onnx_backend import OnnxBackend
+    from ProMISeLib.runtime.onnx_backend import OnnxBackend
 
     volume, _, truth = brain
     torch_seg = Segmenter(device="cpu", runtime="torch")
@@ -66,7 +66,7 @@ def test_onnx_runtime_gives_the_same_mask_as_pytorch(export_dir, brain):
 
 
 def test_corrupt_or_mismatched_exports_are_refused(export_dir, tmp_path):
-    from ProMISeLib.onnx_backend import OnnxBackend
+    from ProMISeLib.runtime.onnx_backend import OnnxBackend
 
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)
@@ -100,8 +100,9 @@ def test_export_command(tmp_path, capsys):
 def test_auto_runtime_takes_onnx_on_a_cpu_and_pytorch_where_onnx_cannot_run(monkeypatch):
     """The default runs ONNX Runtime on a CPU; models without an export, and fp16, run PyTorch."""
     import torch
-    from ProMISeLib import engine
-    from ProMISeLib.engine import choose_runtime
+    from ProMISeLib.errors import InvalidInputError
+    from ProMISeLib.runtime import loader
+    from ProMISeLib.runtime.loader import choose_runtime
 
     default = Segmenter(device="cpu")
     assert (default.requested_runtime, default.runtime, default.messages) == ("auto", "onnx", [])
@@ -113,24 +114,26 @@ def test_auto_runtime_takes_onnx_on_a_cpu_and_pytorch_where_onnx_cannot_run(monk
     assert choose_runtime("auto", "litemedsam", cuda, "fp16") == ("torch", None)
     assert choose_runtime("auto", "litemedsam", cpu, "int8") == ("onnx", None)
     assert choose_runtime("torch", "litemedsam", cpu) == ("torch", None)
-    with pytest.raises(engine.InvalidInputError, match="unknown runtime 'trt'; use auto, torch, onnx"):
+    with pytest.raises(InvalidInputError, match="unknown runtime 'trt'; use auto, torch, onnx"):
         choose_runtime("trt", "litemedsam", cpu)
-    monkeypatch.setattr(engine, "onnx_installed", lambda: False)
+    monkeypatch.setattr(loader, "onnx_installed", lambda: False)
     runtime, note = choose_runtime("auto", "litemedsam", cpu)
     assert runtime == "torch" and "pip install onnxruntime onnx" in note
     plain = Segmenter(device="cpu")
     assert plain.runtime == "torch" and plain.messages == [note]  # said, not silent
-    with pytest.raises(engine.InvalidInputError, match="unknown runtime"):
+    with pytest.raises(InvalidInputError, match="unknown runtime"):
         Segmenter(device="cpu", runtime="tensorrt")
 
 
 def test_auto_runtime_falls_back_to_pytorch_when_onnx_fails_and_says_so(monkeypatch):
     """An ONNX Runtime that fails to load: auto runs PyTorch with a message; an explicit onnx raises."""
 
-    def broken(self, shift_path=None):
+    from ProMISeLib.runtime import loader
+
+    def broken(*args, **kwargs):
         raise CheckpointError("the cached export cannot be read")
 
-    monkeypatch.setattr(Segmenter, "_onnx_backend", broken)
+    monkeypatch.setattr(loader, "_onnx_backend", broken)
     auto = Segmenter(device="cpu", prompts="heuristic")
     predictor = auto.load()
     assert auto.runtime == "torch" and predictor.backend.runtime == "torch"
@@ -148,3 +151,21 @@ def test_a_wrong_checkpoint_is_refused_on_onnx_even_with_a_cached_export(tmp_pat
     bogus.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not the expected"):
         Segmenter(device="cpu", runtime="onnx", weights=str(bogus)).load()
+
+
+def test_a_damaged_export_in_the_cache_is_rebuilt_and_said(tmp_path, monkeypatch):
+    """A corrupt cached file is exported anew, atomically, and the run says so; it stays on ONNX Runtime."""
+    from ProMISeLib.runtime.onnx_backend import read_manifest
+
+    monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
+    first = Segmenter(device="cpu", runtime="auto")
+    first.load()
+    folder = tmp_path / "onnx" / "litemedsam"
+    assert first.runtime == "onnx" and not first.messages
+    flip_byte(folder / "decoder.onnx")
+    again = Segmenter(device="cpu", runtime="auto")
+    again.load()
+    assert again.runtime == "onnx", "not the silent fall-back to PyTorch"
+    assert len(again.messages) == 1 and "damaged" in again.messages[0] and "exported it anew" in again.messages[0]
+    read_manifest(folder)  # every file matches its manifest again
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["litemedsam"], "no staging folder left behind"

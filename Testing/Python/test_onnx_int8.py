@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import centre_click, flip_byte
-from ProMISeLib.download import sha256_of
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import CheckpointError, InvalidInputError
-from ProMISeLib.preprocess import CropWindow, InputScaling, normalize_intensities
+from ProMISeLib.io.download import sha256_of
+from ProMISeLib.io.preprocess import CropWindow, InputScaling, normalize_intensities
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from ProMISeLib.onnx_backend import export_onnx
+    from ProMISeLib.runtime.onnx_backend import export_onnx
 
     out = tmp_path_factory.mktemp("onnx_int8")
     export_onnx("litemedsam", out, int8=True)
@@ -52,7 +52,7 @@ def test_int8_encoder_is_in_the_manifest_with_its_hash(export_dir):
 
 
 def test_int8_embeddings_and_masks_stay_close_to_fp32_on_a_real_slice(export_dir, brain):
-    from ProMISeLib.onnx_backend import OnnxBackend
+    from ProMISeLib.runtime.onnx_backend import OnnxBackend
 
     volume, _, truth = brain
     fp32 = OnnxBackend(export_dir, device="cpu", expected_model="litemedsam")
@@ -78,7 +78,7 @@ def test_int8_embeddings_and_masks_stay_close_to_fp32_on_a_real_slice(export_dir
 
 
 def test_a_tampered_or_missing_int8_encoder_is_refused(export_dir, tmp_path):
-    from ProMISeLib.onnx_backend import OnnxBackend
+    from ProMISeLib.runtime.onnx_backend import OnnxBackend
 
     broken = tmp_path / "broken"
     shutil.copytree(export_dir, broken)
@@ -93,7 +93,7 @@ def test_a_tampered_or_missing_int8_encoder_is_refused(export_dir, tmp_path):
 
 
 def test_int8_is_refused_with_the_torch_runtime_or_on_cuda(export_dir, monkeypatch):
-    from ProMISeLib.onnx_backend import OnnxBackend
+    from ProMISeLib.runtime.onnx_backend import OnnxBackend
 
     with pytest.raises(InvalidInputError, match="ONNX runtime only"):
         Segmenter(device="cpu", runtime="torch", precision="int8")

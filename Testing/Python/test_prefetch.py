@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from ProMISeLib.predictor import SlicePredictor
-from ProMISeLib.preprocess import CropWindow, InputScaling
+from ProMISeLib.io.preprocess import CropWindow, InputScaling
+from ProMISeLib.runtime.predictor import SlicePredictor
 
 SIDE = 32
 
@@ -161,8 +161,8 @@ def test_cancel_drops_queued_encodes_and_close_stops_the_worker():
 def test_masks_are_identical_with_and_without_encode_ahead(cases):
     from conftest import centre_click
     from ProMISeLib.engine import Segmenter
-    from ProMISeLib.propagation import PropagationSettings
-    from ProMISeLib.sample_data import read_case
+    from ProMISeLib.io.sample_data import read_case
+    from ProMISeLib.walk import PropagationSettings
 
     pytest.importorskip("onnxruntime")
     volume, geometry, truth = read_case(cases["STS_019_MR_T1"])

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from conftest import flip_byte
-from ProMISeLib import promise3d_checkpoint as ckpt
 from ProMISeLib.cli import main
 from ProMISeLib.errors import CheckpointError
+from ProMISeLib.io.weights import resolve_weights, sidecar_path
+from ProMISeLib.models.promise3d import checkpoint as ckpt
 from ProMISeLib.models.promise3d.config import PRESETS
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig
 from ProMISeLib.models.registry import list_models
-from ProMISeLib.weights import resolve_weights, sidecar_path
 from safetensors import safe_open
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

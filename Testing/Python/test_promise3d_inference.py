@@ -9,13 +9,13 @@ import torch
 from ProMISeLib.cli import main
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import EmptySegmentationError, PointOutsideImageError, SegmentationCancelled
-from ProMISeLib.geometry import ImageGeometry
+from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.volumes import read_image
 from ProMISeLib.metrics import dice
+from ProMISeLib.models.promise3d.checkpoint import save_promise3d
 from ProMISeLib.models.promise3d.config import PRESETS
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig
-from ProMISeLib.promise3d_checkpoint import save_promise3d
-from ProMISeLib.promise3d_inference import METHOD, Promise3DRunner
-from ProMISeLib.volume_io import read_image
+from ProMISeLib.models.promise3d.runner import METHOD, Promise3DRunner
 
 COLON = PRESETS["promise-colon"].preprocessing
 BOX = (slice(10, 15), slice(14, 27), slice(16, 31))  # (k, j, i): 10 x 9 x 13.5 mm, off-centre around the click

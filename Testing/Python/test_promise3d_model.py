@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from ProMISeLib.io.paths import REPO_ROOT, data_dir
 from ProMISeLib.models.promise3d.encoder import shifted_window_mask, window_partition, window_unpartition
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig
 from ProMISeLib.models.promise3d.prompt import click_grid
-from ProMISeLib.settings import REPO_ROOT, data_dir
 
 KEYS_FILE = "promise-li-checkpoint-keys.txt"
 

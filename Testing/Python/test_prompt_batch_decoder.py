@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import centre_click
+from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
 from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
 from ProMISeLib.models.sam_modules import sam_modeling
-from ProMISeLib.preprocess import CropWindow, normalize_intensities
 
 
 def _reference(prompt_encoder, mask_decoder, embedding, sparse, dense):
@@ -32,8 +32,8 @@ def _box_and_point_prompts(prompt_encoder, size: int, n: int, seed: int = 0):
 
 def test_litemedsam_decoder_matches_segment_anything_on_a_real_slice(brain):
     """The shipped weights, a real embedding: boxes, and boxes with positive and negative points."""
+    from ProMISeLib.io.weights import resolve_weights
     from ProMISeLib.models.registry import get_model_spec
-    from ProMISeLib.weights import resolve_weights
 
     volume, _, truth = brain
     spec = get_model_spec("litemedsam")
@@ -84,7 +84,7 @@ def test_a_cached_onnx_export_of_the_old_decoder_graph_is_exported_anew(tmp_path
     """A cache written before the regrouped decoder would decode slower: the engine exports it again."""
     pytest.importorskip("onnxruntime")
     from ProMISeLib.engine import Segmenter
-    from ProMISeLib.onnx_backend import DECODER_GRAPH, MANIFEST
+    from ProMISeLib.runtime.onnx_backend import DECODER_GRAPH, MANIFEST
 
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
     Segmenter(device="cpu", runtime="onnx").load()

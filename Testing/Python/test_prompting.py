@@ -10,18 +10,18 @@ import pytest
 import torch
 from conftest import flip_byte
 from ProMISeLib.errors import CheckpointError
-from ProMISeLib.preprocess import CropWindow
-from ProMISeLib.prompting.dataset import (
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map
+from ProMISeLib.prompting.prompter import LearnedPrompter, load_prompt_net
+from ProMISeTrain.prompter_data import (
     ExtractionSettings,
     StructureSamples,
     extract_structure,
     load_samples,
     save_samples,
 )
-from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map
-from ProMISeLib.prompting.pipeline import held_out_fold, save_prompt_net
-from ProMISeLib.prompting.prompter import LearnedPrompter, load_prompt_net
-from ProMISeLib.prompting.train import SampleBank, TrainSettings, make_batch, train_prompt_net
+from ProMISeTrain.prompter_pipeline import held_out_fold, save_prompt_net
+from ProMISeTrain.prompter_train import SampleBank, TrainSettings, make_batch, train_prompt_net
 from scipy import ndimage
 
 SMALL = PromptNetConfig(embed_dim=16, reduced_dim=8, width=8)
@@ -115,14 +115,14 @@ def test_training_lowers_the_loss_and_touches_only_the_prompter():
 
 def test_frozen_backbone_is_not_trained():
     """Samples come from the frozen encoder under inference mode; its weights cannot change."""
+    from ProMISeLib.io.weights import resolve_weights
     from ProMISeLib.models.litemedsam import build_litemedsam
-    from ProMISeLib.weights import resolve_weights
 
     model = build_litemedsam(resolve_weights("lite_medsam"))
     assert not any(p.requires_grad for p in model.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items() if "image_encoder.neck" in k}
-    from ProMISeLib.predictor import SlicePredictor
-    from ProMISeLib.preprocess import InputScaling
+    from ProMISeLib.io.preprocess import InputScaling
+    from ProMISeLib.runtime.predictor import SlicePredictor
 
     predictor = SlicePredictor(model, "litemedsam", InputScaling(256), torch.device("cpu"))
     volume = np.zeros((6, 40, 40), np.float32)
@@ -150,8 +150,8 @@ def test_the_sample_cache_is_keyed_by_the_extraction_recipe(tmp_path):
     """A second extraction with the same settings reads the cache; changed settings (here the training ROI
     ratio) encode again into their own file and never read samples made under the old recipe."""
     import SimpleITK as sitk
-    from ProMISeLib.prompting.dataset import extract_case
-    from ProMISeLib.sample_data import Case
+    from ProMISeLib.io.sample_data import Case
+    from ProMISeTrain.prompter_data import extract_case
 
     volume = np.zeros((8, 48, 48), np.float32)
     volume[2:6, 16:32, 18:34] = 200.0
@@ -201,7 +201,7 @@ def test_corrupted_weights_are_refused(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file at all")
     card = json.loads(path.with_suffix(".json").read_text())
-    from ProMISeLib.download import sha256_of
+    from ProMISeLib.io.download import sha256_of
 
     card["sha256"] = sha256_of(garbage)
     garbage.with_suffix(".json").write_text(json.dumps(card))
@@ -305,14 +305,13 @@ def test_auto_runs_the_mode_the_card_names(tmp_path):
 def test_shipped_prompter_reproduces_its_validation_dice(cases, mode):
     """The shipped file never saw these patients; re-running it must give the Dice its card records."""
     from ProMISeLib.engine import Segmenter
+    from ProMISeLib.io.sample_data import lesion_click, read_case
     from ProMISeLib.metrics import dice
-    from ProMISeLib.sample_data import lesion_click, read_case
 
     recorded = _shipped_card()["validation"]["shipped_file_validation"][mode]
     case_id = "STS_019_MR_T1" if "STS_019_MR_T1" in recorded else min(recorded)
     volume, geometry, truth = read_case(cases[case_id])
-    # the prompter's card was validated with SAM's own decoder tokens (the token shift has its own card)
-    result = Segmenter(device="cpu", prompts=mode, token_shift="off").segment(
+    result = Segmenter(device="cpu", prompts=mode).segment(
         volume, geometry, [lesion_click(truth)[::-1]], space="ijk")
     assert result.method.startswith(f"{mode} prompts")
     assert dice(result.mask, truth) == pytest.approx(recorded[case_id], abs=0.01)
@@ -321,17 +320,16 @@ def test_shipped_prompter_reproduces_its_validation_dice(cases, mode):
 def test_fused_ranking_follows_the_network_between_equally_confident_candidates():
     """Nested structures at a click (a lesion inside a limb) both look self-consistent to the rules;
     the learned mask decides, and the reported confidence is the best rule score."""
-    from ProMISeLib.propagation import LesionPropagator
+    from ProMISeLib.walk.context import WalkContext
+    from ProMISeLib.walk.search import fused_choice
 
     lesion = _disc(64, (32, 32), 8).astype(bool)
     limb = _disc(64, (32, 30), 24).astype(bool)
-    propagator = LesionPropagator(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0,
-                                  prompter=object(), fused=True)
-    chosen, confidence = propagator._fuse([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 33), 9).astype(bool))
-    assert chosen is lesion and confidence == 0.9
-    chosen, _ = propagator._fuse([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 30), 22).astype(bool))
-    assert chosen is limb
-    assert not LesionPropagator(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0, fused=True).fused
+    chosen, confidence = fused_choice([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 33), 9).astype(bool))
+    assert chosen == 1 and confidence == 0.9
+    chosen, _ = fused_choice([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 30), 22).astype(bool))
+    assert chosen == 0
+    assert not WalkContext(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0, fused=True).fused
 
 
 def test_a_segmenter_switches_prompter_files_and_keeps_its_cache(tmp_path):
@@ -362,8 +360,8 @@ def test_training_encodes_a_cold_cache_in_a_process_of_its_own_and_never_loads_t
         cases, tmp_path):
     """``train-prompting --jobs N`` forks its fold workers; a process forked after the encoder ran can
     deadlock, so the cache is filled apart (``_fill_cache``) and the parent only reads it."""
-    from ProMISeLib.prompting.dataset import ExtractionSettings, cache_file
-    from ProMISeLib.prompting.pipeline import _fill_cache, _LazyEncoder, extract_all
+    from ProMISeTrain.prompter_data import ExtractionSettings, cache_file
+    from ProMISeTrain.prompter_pipeline import _fill_cache, _LazyEncoder, extract_all
 
     case = cases["brain1"]
     _fill_cache([case], tmp_path, ("litemedsam", "cpu", "onnx"))
@@ -386,7 +384,7 @@ class _RecordingPredictor:
         return dict.fromkeys(ks)
 
     def decode(self, embedding, side, boxes, points=None, labels=None):
-        from ProMISeLib.predictor import Decoded
+        from ProMISeLib.runtime.predictor import Decoded
 
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         self.boxes.append(boxes)
@@ -395,96 +393,57 @@ class _RecordingPredictor:
                        np.full(n, 0.8, np.float32))
 
 
+def _context(predictor, volume, settings=None, **kwargs):
+    from ProMISeLib.walk import PropagationSettings
+    from ProMISeLib.walk.context import WalkContext
+
+    return WalkContext(predictor, volume, (1.0, 1.0), 1.0, settings or PropagationSettings(encode_ahead=0), **kwargs)
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(verify):
-    """``propagation_verify`` / ``correction_verify``: the own-box re-decode is what doubles a step's cost."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+    """A correction's step skips the own-box re-decode, which is what doubles a step's cost."""
+    from ProMISeLib.walk import PropagationSettings
+    from ProMISeLib.walk.step import step
 
     disc = _disc(32, (16, 16), 6).astype(bool)
     predictor = _RecordingPredictor(disc)
-    propagator = LesionPropagator(predictor, np.full((3, 32, 32), 100.0, np.float32), (1.0, 1.0), 1.0,
-                                  PropagationSettings(encode_ahead=0))
-    mask, score = propagator._step(1, CropWindow.around((16, 16), 32), disc, [], [], verify=verify)
+    ctx = _context(predictor, np.full((3, 32, 32), 100.0, np.float32))
+    mask, score = step(ctx, 1, CropWindow.around((16, 16), 32), disc, [], [], verify=verify)
     assert (mask == disc).all()
     scales = len(PropagationSettings().propagation_scales)
     assert [len(b) for b in predictor.boxes] == ([scales, scales] if verify else [scales])
     assert score == pytest.approx(0.8)  # the decoder reproduces the mask from its own box: agreement 1
 
 
-@pytest.mark.parametrize("on", [True, False])
-def test_the_box_the_orthogonal_planes_draw_joins_each_slices_candidates(on):
-    """``orthogonal_boxes``: on slice k the coronal plane gives the lesion's columns, the sagittal its rows;
-    their box (crop coordinates, plus the margin) is one more candidate of that slice's step."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+def test_a_plugin_chooses_each_steps_candidate_and_ends_the_walk():
+    """The walk's extension point: a plug-in written here sees every weighed step, picks its candidate
+    (the smallest box's mask instead of the rules' choice) and ends the walk two slices from the start."""
+    from ProMISeLib.walk import PropagationSettings, WalkPlugin
+    from ProMISeLib.walk.propagate import propagate
 
-    disc = _disc(32, (16, 16), 6).astype(bool)
-    predictor = _RecordingPredictor(disc)
-    settings = PropagationSettings(encode_ahead=0, orthogonal_boxes=on, orthogonal_tolerance=0)
-    propagator = LesionPropagator(predictor, np.full((3, 40, 40), 100.0, np.float32), (1.0, 1.0), 1.0, settings)
-    crop = CropWindow(4, 8, 32)  # rows from 4, columns from 8
-    extents = {0: (np.array([10, 22]), np.array([15, 27])), 1: (np.array([9, 23]), np.array([14, 28])),
-               2: (None, np.array([15, 27]))}
-    propagator.propagate(1, crop, disc, [], [], extents=extents)
-    margin = settings.box_margin_px
-    drawn = np.array([15 - 8 - margin, 10 - 4 - margin, 27 - 8 + margin, 22 - 4 + margin], np.float32)
-    calls_with_drawn = sum(bool(np.isclose(b, drawn).all(axis=1).any()) for b in predictor.boxes)
-    # slice 0 has both extents; slice 1 is the start and slice 2 lacks the rows, so they get no drawn box
-    assert calls_with_drawn == (1 if on else 0)
+    seen = []
 
+    class Smallest(WalkPlugin):
+        def choose(self, step):
+            seen.append((step.k, step.chosen, len(step.candidates)))
+            return int(np.argmin([c.sum() for c in step.candidates]))
 
-def test_fused_walk_ends_where_the_network_sees_no_lesion_only_when_asked():
-    """``fused_network_stop``: a fused step whose coarse mask is empty ends the walk, and says why."""
-    from ProMISeLib.prompting.prompter import CoarseMask
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
+        def stop(self, k, mask, reason):
+            return "the plug-in ends it" if abs(k - 5) > 2 else reason
 
-    disc = _disc(32, (16, 16), 6).astype(bool)
-
-    class EmptyPrompter:
-        def follow(self, embedding, side, previous):
-            return CoarseMask(np.zeros((64, 64), bool), None, 0.0)
-
-    volume = np.full((5, 32, 32), 100.0, np.float32)
-    crop = CropWindow.around((16, 16), 32)
-    for stop in (True, False):
-        settings = PropagationSettings(encode_ahead=0, fused_network_stop=stop)
-        propagator = LesionPropagator(_RecordingPredictor(disc), volume, (1.0, 1.0), 1.0, settings,
-                                      prompter=EmptyPrompter(), fused=True)
-        lesion = propagator.propagate(2, crop, disc, [], [])
-        if stop:
-            assert sorted(lesion.masks) == [2]
-            assert all("the learned prompter sees no lesion" in m for m in lesion.stops)
-        else:
-            assert sorted(lesion.masks) == [0, 1, 2, 3, 4]
-
-
-@pytest.mark.parametrize("coarse_centre, extends", [((16, 16), True), ((5, 5), False)])
-def test_past_the_orthogonal_extent_the_walk_goes_on_only_where_the_network_agrees(coarse_centre, extends):
-    """``network_extends``: past the extent seen in the coronal/sagittal planes a fused walk goes on
-    while the learned prompter's mask agrees with the decoded one, and stops where it does not."""
-    from ProMISeLib.prompting.prompter import CoarseMask
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
-
-    disc = _disc(32, (16, 16), 6).astype(bool)
-    grid_disc = _disc(64, tuple(2 * c for c in coarse_centre), 12).astype(bool)
-
-    class Prompter:
-        def follow(self, embedding, side, previous):
-            return CoarseMask(grid_disc, np.array([0, 0, 1, 1], np.float32), 0.9)
-
-    volume = np.full((7, 32, 32), 100.0, np.float32)
-    crop = CropWindow.around((16, 16), 32)
-    extents = {k: (np.array([10, 22]), np.array([10, 22])) for k in (2, 3, 4)}
-    for on in (True, False):
-        settings = PropagationSettings(encode_ahead=0, orthogonal_tolerance=0, network_extends=on)
-        propagator = LesionPropagator(_RecordingPredictor(disc), volume, (1.0, 1.0), 1.0, settings,
-                                      prompter=Prompter(), fused=True)
-        lesion = propagator.propagate(3, crop, disc, [], [], extents=extents)
-        if on and extends:
-            assert sorted(lesion.masks) == list(range(7))
-        else:  # inside the extent the network only ranks; past it, without the setting or its agreement, the end
-            assert sorted(lesion.masks) == [2, 3, 4]
-            assert all("coronal/sagittal" in m for m in lesion.stops)
-            assert all("disagrees" in m for m in lesion.stops) == on
+    volume = np.full((11, 64, 64), 100.0, np.float32)
+    start = _disc(64, (32, 32), 10).astype(bool)
+    crop = CropWindow(0, 0, 64)
+    lenient = PropagationSettings(encode_ahead=0, min_score=0.0, min_area_fraction=0.0)  # the rules never stop
+    plain = propagate(_context(_BoxPredictor(), volume, lenient), 5, crop, start, [], [])
+    lesion = propagate(_context(_BoxPredictor(), volume, lenient, plugins=[Smallest()]), 5, crop, start, [], [])
+    assert sorted(plain.masks) == list(range(11))
+    assert sorted(lesion.masks) == [3, 4, 5, 6, 7]
+    assert lesion.stops == ["stopped at slice 8: the plug-in ends it", "stopped at slice 2: the plug-in ends it"]
+    assert [k for k, _, _ in seen] == [6, 7, 8, 4, 3, 2]
+    assert all(n == 5 for _, _, n in seen)  # one candidate per box size around the previous mask
+    assert lesion.masks[6].sum() < plain.masks[6].sum()  # the plug-in's choice, not the rules'
 
 
 class _BoxPredictor:
@@ -494,54 +453,12 @@ class _BoxPredictor:
         return dict.fromkeys(ks)
 
     def decode(self, embedding, side, boxes, points=None, labels=None):
-        from ProMISeLib.predictor import Decoded
+        from ProMISeLib.runtime.predictor import Decoded
 
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         rows, cols = np.mgrid[0:side, 0:side] + 0.5
         inside = [(cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) for x0, y0, x1, y1 in boxes]
         return Decoded(np.where(np.stack(inside), 1.0, -1.0).astype(np.float32), np.full(len(boxes), 0.8, np.float32))
-
-
-@pytest.mark.parametrize("ratio, side", [(None, 160), (4.0, 48), (20.0, 160)])
-def test_the_orthogonal_planes_crop_relative_to_the_seed(ratio, side):
-    """``orthogonal_to_lesion``: the coronal/sagittal crops are that many seed diameters across (the seed
-    is 12 mm), at most ``orthogonal_context_mm``; unset, they are ``orthogonal_context_mm`` on any lesion."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
-
-    sides = []
-
-    class Recording(_BoxPredictor):
-        def embed(self, volume, ks, crop):
-            sides.append(crop.side)
-            return super().embed(volume, ks, crop)
-
-    volume = np.zeros((61, 200, 200), np.float32)
-    volume[20:40, 88:112, 88:112] = 100.0
-    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=160.0, orthogonal_to_lesion=ratio)
-    propagator = LesionPropagator(Recording(), volume, (1.0, 1.0), 1.0, settings)
-    seed = _disc(64, (32, 32), 6).astype(bool)
-    propagator.orthogonal_extents((30, 100, 100), (CropWindow(68, 68, 64), seed))
-    assert sides == [side, side]
-
-
-@pytest.mark.parametrize("weight", [0.0, 1.0])
-def test_the_orthogonal_planes_keep_the_candidate_that_matches_the_seeds_cross_section(weight):
-    """``orthogonal_seed_weight``: each plane's candidate whose row through the click matches the seed's
-    cross-section sets the extent (the square box as wide as the seed reaches 6 slices each way); without
-    it the most self-consistent candidate, the widest box, reaches the volume's ends."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
-
-    volume = np.zeros((21, 64, 64), np.float32)
-    volume[:, 20:44, 20:44] = 100.0
-    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=64.0, orthogonal_seed_weight=weight)
-    propagator = LesionPropagator(_BoxPredictor(), volume, (1.0, 1.0), 1.0, settings)
-    seed = _disc(64, (32, 32), 6).astype(bool)  # on slice 10, centred on the click: 12 px across
-    extents = propagator.orthogonal_extents((10, 32, 32), (CropWindow(0, 0, 64), seed))
-    # the 6 mm half-size box spans columns 26-38 around the click, the seed's cross-section 26-37
-    assert sorted(extents) == (list(range(4, 17)) if weight else list(range(21)))
-    if weight:
-        rows, cols = extents[10]
-        assert list(cols) == [26, 39] and list(rows) == [26, 39]
 
 
 def test_a_crop_window_holds_the_pixels_it_extracts():
@@ -550,56 +467,12 @@ def test_a_crop_window_holds_the_pixels_it_extracts():
     assert not crop.contains((62, 20)) and not crop.contains((40, 4)) and not crop.contains((29, 10))
 
 
-def test_the_click_search_also_tries_boxes_with_the_click_off_their_centre():
-    """``seed_shifts``: the click search tries every box size also moved off the click by those fractions
-    of its half-size, across and down; each box still holds the click."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
-
-    boxes = []
-
-    class Recording(_BoxPredictor):
-        def decode(self, embedding, side, b, points=None, labels=None):
-            boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
-            return super().decode(embedding, side, b, points, labels)
-
-    settings = PropagationSettings(encode_ahead=0, seed_half_sizes_mm=(4, 8), seed_shifts=(-0.5, 0.0, 0.5))
-    propagator = LesionPropagator(Recording(), np.full((3, 64, 64), 100.0, np.float32), (1.0, 1.0), 1.0, settings)
-    propagator._search(1, (30, 20), CropWindow(0, 0, 64), [], [], verify=False)
-    (first,) = boxes
-    assert len(first) == 2 * 9
-    centres = {(float((x0 + x1 - 1) / 2 - 20), float((y0 + y1 - 1) / 2 - 30)) for x0, y0, x1, y1 in first}
-    assert centres == {(dx * r, dy * r) for r in (4, 8) for dx in (-0.5, 0, 0.5) for dy in (-0.5, 0, 0.5)}
-    assert all(x0 <= 20 < x1 and y0 <= 30 < y1 for x0, y0, x1, y1 in first)
-
-
-@pytest.mark.parametrize("through_seed", [False, True])
-def test_the_orthogonal_planes_can_pass_through_the_seeds_deepest_point(through_seed):
-    """``planes_through_seed``: the coronal and sagittal planes go through the seed mask's deepest point
-    on the click's slice instead of the click, which may sit near the lesion's edge."""
-    from ProMISeLib.propagation import LesionPropagator, PropagationSettings
-
-    planes = []
-
-    class Recording(_BoxPredictor):
-        def embed(self, volume, ks, crop):
-            planes.append(int(round(float(volume[0, 0, 0]))))  # the volume's values name the row (coronal) or column
-            return super().embed(volume, ks, crop)
-
-    k, j, i = np.mgrid[0:21, 0:80, 0:80]
-    volume = (j * 100 + i).astype(np.float32)  # volume[:, j, 0] = 100 j; volume[:, 0, i] = i
-    settings = PropagationSettings(encode_ahead=0, orthogonal_context_mm=80.0, planes_through_seed=through_seed)
-    propagator = LesionPropagator(Recording(), volume, (1.0, 1.0), 1.0, settings)
-    seed = _disc(80, (40.5, 50.5), 15).astype(bool)  # deepest at row 40, column 50; the click is near its edge
-    propagator.orthogonal_extents((10, 30, 45), (CropWindow(0, 0, 80), seed))
-    assert planes == ([40 * 100, 50] if through_seed else [30 * 100, 45])
-
-
 @pytest.mark.parametrize(("argv", "power"),
                          [([], TrainSettings().click_depth_power), (["--click-depth-power", "1"], 1.0)])
 def test_train_prompting_passes_the_click_weighting_to_the_recipe(tmp_path, monkeypatch, argv, power):
     """``promise train-prompting --click-depth-power`` reaches the recipe; without it the default stays."""
     from ProMISeLib import cli
-    from ProMISeLib.prompting import pipeline
+    from ProMISeTrain import prompter_pipeline as pipeline
 
     seen = {}
 

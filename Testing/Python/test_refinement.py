@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import centre_click
 from ProMISeLib.engine import Segmenter
-from ProMISeLib.lesion_memory import LesionMemory
-from ProMISeLib.preprocess import CropWindow
-from ProMISeLib.propagation import SliceMasks
-from ProMISeLib.sample_data import corrective_click, random_lesion_click
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.io.sample_data import corrective_click, random_lesion_click
+from ProMISeLib.walk import SliceMasks
+from ProMISeLib.walk.memory import LesionMemory
 
 
 def test_random_lesion_clicks_fall_well_inside_the_lesion_on_its_large_slices():

@@ -24,7 +24,7 @@ LPS = np.diag([-1.0, -1.0, 1.0])
 def test_segment_files_saves_seg_nrrd_on_the_image_grid(slicer_env, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     slicerio = pytest.importorskip("slicerio")
-    from ProMISeLib.sample_data import get_case
+    from ProMISeLib.io.sample_data import get_case
     from ProMISeSlicer.logic import ProMISeModuleLogic
 
     image, label, source, label_image = load_case_arrays("brain1", with_label_image=True)

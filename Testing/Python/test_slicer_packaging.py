@@ -20,6 +20,13 @@ MODULE = REPO / "ProMISeModule"
 MODULE_FILE = MODULE / "ProMISeModule.py"
 UI_FILE = MODULE / "Resources" / "UI" / "ProMISeModule.ui"
 PACKAGES = ("ProMISeLib", "ProMISeSlicer")
+#: The Slicer-side files that may import Qt (the panel, its parts and the Segment Editor effect); the rest are GUI-free.
+QT_FILES = {"widget.py", "models_panel.py", "poller.py", "segment_editor_effect.py", "effect.py"}
+
+
+def panel_sources() -> str:
+    """The module file and the Slicer-side package: where the panel's code lives."""
+    return "\n".join(p.read_text() for p in [MODULE_FILE, *sorted((MODULE / "ProMISeSlicer").glob("*.py"))])
 PROTECTED = {"torch", "numpy", "simpleitk", "torchvision", "vtk"}
 
 
@@ -111,7 +118,7 @@ def test_every_file_the_module_imports_is_listed():
                     todo.append(init)
             todo.append(target)
     imported = {p.relative_to(MODULE).as_posix() for p in seen}
-    assert "ProMISeSlicer/logic.py" in imported and "ProMISeLib/geometry.py" in imported
+    assert "ProMISeSlicer/logic.py" in imported and "ProMISeLib/io/geometry.py" in imported
     assert not imported - listed, f"imported but not in CMakeLists.txt: {sorted(imported - listed)}"
 
 
@@ -120,15 +127,14 @@ def test_module_cmake_builds_a_scripted_module_with_tests_and_resources():
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
-    assert set(resources) == {"Resources/Icons/ProMISeModule.png", "Resources/UI/ProMISeModule.ui",
-                              "Resources/requirements.txt", "ProMISeLib/assets/litemedsam-prompter.json",
-                              "ProMISeLib/assets/litemedsam-prompter.safetensors",
-                              "ProMISeLib/assets/litemedsam-token-shift.json",
-                              "ProMISeLib/assets/litemedsam-token-shift.safetensors"}
+    assert {"Resources/Icons/ProMISeModule.png", "Resources/UI/ProMISeModule.ui", "Resources/requirements.txt",
+            "ProMISeLib/assets/litemedsam-prompter.json",
+            "ProMISeLib/assets/litemedsam-prompter.safetensors"} <= set(resources)
+    assert len(resources) == len(set(resources)), "a resource is listed twice"
     for resource in resources:
         assert (MODULE / resource).is_file(), resource
     # every resource the code asks for is listed
-    used = set(re.findall(r'resourcePath\(\s*"([^"]+)"', MODULE_FILE.read_text()))
+    used = set(re.findall(r'resourcePath\(\s*"([^"]+)"', panel_sources()))
     assert used and {f"Resources/{u}" for u in used} <= set(resources)
     assert (MODULE / "Testing" / "CMakeLists.txt").is_file()
 
@@ -148,23 +154,84 @@ def test_extension_cmake_has_the_catalog_metadata():
 
 
 # --- catalog entry and icons ------------------------------------------------------------------
-def test_catalog_entry_follows_schema_v1_0_1():
+SCHEMA_COPY = REPO / "Testing" / "Data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
+
+
+def test_catalog_entry_validates_against_slicers_schema_v1_0_1():
+    """ProMISe.json against Slicer's catalog-entry schema (a copy in Testing/Data; source in its $comment)."""
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[test]' (jsonschema)")
+    schema = json.loads(SCHEMA_COPY.read_text())
+    assert "github.com/Slicer/Slicer" in schema["$comment"]
+    validator = jsonschema.Draft7Validator(schema)
+    validator.check_schema(schema)
     entry = json.loads((REPO / "ProMISeExtension" / "ProMISe.json").read_text())
-    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
-    assert set(entry) <= set(allowed), f"not in the schema: {set(entry) - set(allowed)}"
-    assert {"$schema", "category", "scm_url"} <= set(entry)
-    for key, value in entry.items():
-        assert isinstance(value, allowed[key]), key
-    assert entry["$schema"] == (
-        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json"
-    )
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(entry)]
+    assert not errors, errors
+    assert entry["$schema"] == schema["$id"].rstrip("#")  # it names the schema it follows
+    # the schema is a real check: an unknown key and a wrong tier are refused
+    assert not validator.is_valid({**entry, "homepage": "x"}) and not validator.is_valid({**entry, "tier": 2})
     assert entry["category"] == "Segmentation"
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_revision"] == "main" and entry["tier"] == 1
     # index rules: the extension (file) name must not start with "Slicer"; the repository's should
     assert not "ProMISe".startswith("Slicer")
     assert entry["scm_url"].rstrip("/").removesuffix(".git").split("/")[-1].startswith("Slicer")
+
+
+def test_licence_at_the_root_is_apache_2_0_as_pyproject_says():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and len(text) > 10_000
+
+
+#: Slicer's form for a contributor: "First Last (Affiliation)"; more than one name part, no "developers"/"team".
+CONTRIBUTOR = re.compile(r"^[A-Z][\w'.-]*(?: [A-Z][\w'.-]*)+ \([^()]+\)$")
+
+
+def module_contributors() -> list[str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and ast.unparse(node.targets[0]) == "self.parent.contributors"):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("ProMISeModule.py sets no self.parent.contributors")
+
+
+def test_contributors_are_in_slicers_first_last_affiliation_form():
+    text = (REPO / "CMakeLists.txt").read_text()
+    listed = re.search(r'set\(EXTENSION_CONTRIBUTORS\s+"([^"]*)"\)', text).group(1)
+    people = [p.strip() for p in re.split(r",\s*(?![^()]*\))", listed)]
+    assert len(people) >= 2 and "Hao Li (Vanderbilt University)" in people
+    for person in people:
+        assert CONTRIBUTOR.match(person), person
+        assert not re.search(r"developers|team|contributors", person, re.I), person
+    assert not CONTRIBUTOR.match("ProMISe developers") and not CONTRIBUTOR.match("MedICL, Vanderbilt University")
+    assert module_contributors() == people  # the module lists the same people, in the same form
+
+
+def test_minimum_slicer_version_is_declared_and_matches_the_run_time_check():
+    text = (REPO / "CMakeLists.txt").read_text()
+    declared = re.search(r'set\(PROMISE_MINIMUM_SLICER_VERSION "(\d+)\.(\d+)"\)', text)
+    assert declared, "the root CMakeLists.txt declares no minimum Slicer version"
+    assert re.search(r"VERSION_LESS\s+\"\$\{PROMISE_MINIMUM_SLICER_VERSION\}\"\)\s*\n\s*message\(FATAL_ERROR", text)
+    if str(MODULE) not in sys.path:
+        sys.path.insert(0, str(MODULE))
+    from ProMISeSlicer import install
+
+    assert tuple(int(v) for v in declared.groups()) == install.MINIMUM_SLICER == (5, 10)
+    assert install.MINIMUM_PYTHON == (3, 10)
+
+
+def test_screenshot_of_the_catalog_entry_is_in_the_repository_and_the_readme():
+    text = (REPO / "CMakeLists.txt").read_text()
+    url = re.search(r'set\(EXTENSION_SCREENSHOTURLS\s+"([^"]*)"\)', text).group(1)
+    relative = url.split("/main/", 1)[1]
+    image_module = pytest.importorskip("PIL.Image")
+    with image_module.open(REPO / relative) as image:
+        assert image.format == "PNG" and image.size[0] >= 600
+    assert f"]({relative})" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize("path", ["ProMISeExtension/ProMISe.png", "ProMISeModule/Resources/Icons/ProMISeModule.png"])
@@ -193,7 +260,7 @@ def _property(widget: ET.Element, name: str) -> str | None:
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui_file():
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", panel_sources()))
     assert {"segmentButton", "cancelButton", "undoButton", "progressBar", "statusLabel"} <= used
     missing = used - set(ui_widgets())
     assert not missing, f"used in ProMISeModule.py but absent from the .ui: {sorted(missing)}"
@@ -224,7 +291,7 @@ def test_ui_offers_what_the_issue_asks_for():
     assert classes["progressBar"] == "QProgressBar" and classes["statusLabel"] == "QLabel"
     assert classes["autoUpdateCheckBox"] == "QCheckBox" and classes["removeModelsButton"] == "QPushButton"
     # widgets bound to the parameter node name real fields of ProMISeModuleParameterNode
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(panel_sources())
     wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProMISeModuleParameterNode")
     fields = {s.target.id for s in wrapper.body if isinstance(s, ast.AnnAssign)}
     bound = {}
@@ -232,8 +299,8 @@ def test_ui_offers_what_the_issue_asks_for():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[name] = prop.find("string").text
-    assert set(bound.values()) == {"inputVolume", "positivePoints", "negativePoints", "outputSegmentation",
-                                   "autoUpdate"}
+    required = {"inputVolume", "positivePoints", "negativePoints", "outputSegmentation", "autoUpdate"}
+    assert required <= set(bound.values())
     assert set(bound.values()) <= fields
     # every custom widget class used is declared
     declared = {c.findtext("class") for c in ET.parse(UI_FILE).getroot().iter("customwidget")}
@@ -247,8 +314,14 @@ def test_top_level_python_files_are_modules_named_like_their_class():
     for path in MODULE.glob("*.py"):
         classes = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef)}
         assert path.stem in classes, f"{path.name} would be scanned as a module but has no class {path.stem}"
+        # the panel and the self-test may live in ProMISeSlicer/: Slicer finds them in the module's namespace
         for suffix in ("Widget", "Test"):
-            assert path.stem + suffix in classes
+            assert path.stem + suffix in classes | _imported_names(path), f"{path.name} has no {path.stem}{suffix}"
+
+
+def _imported_names(path: Path) -> set[str]:
+    return {alias.asname or alias.name for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.ImportFrom) for alias in node.names}
 
 
 def test_module_does_no_work_at_import_or_construction():
@@ -262,14 +335,25 @@ def test_module_does_no_work_at_import_or_construction():
             assert not any(isinstance(n, ast.Call) for n in ast.walk(statement)), ast.unparse(statement)
     module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProMISeModule")
     init = next(n for n in module_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    calls = {ast.unparse(c.func) for c in ast.walk(init) if isinstance(c, ast.Call)}
-    assert calls <= {"ScriptedLoadableModule.__init__", "_", "translate"}, calls
+    calls = [c for c in ast.walk(init) if isinstance(c, ast.Call)]
+    names = {ast.unparse(c.func) for c in calls}
+    assert names <= {"ScriptedLoadableModule.__init__", "_", "translate", "getattr", "hasattr", "app.connect",
+                     "slicer.app.connect"}, names
+    for call in calls:  # the only deferred work: register the Segment Editor effect once Slicer has started
+        if ast.unparse(call.func).endswith("app.connect"):
+            assert ast.literal_eval(call.args[0]) == "startupCompleted()"
 
 
 def test_slicer_helpers_import_no_qt_and_nothing_heavy():
     for path in (MODULE / "ProMISeSlicer").glob("*.py"):
-        top = {name.split(".")[0] for name in _imports(path)}
-        assert not top & {"qt", "ctk", "torch"}, f"{path.name} imports {top & {'qt', 'ctk', 'torch'}}"
+        anywhere = {name.split(".")[0] for name in _imports(path)}
+        tree = ast.parse(path.read_text())
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                     for alias in node.names}
+        top_level |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+        assert "torch" not in top_level, f"{path.name} imports torch when it is imported"
+        if path.name not in QT_FILES:  # the logic, the installer, the worker, the self-test: GUI-free
+            assert not anywhere & {"qt", "ctk", "torch"}, f"{path.name} imports {anywhere & {'qt', 'ctk', 'torch'}}"
     pytest.importorskip("slicer", reason="slicer-core is not installed")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import ProMISeSlicer.logic, ProMISeSlicer.batch, "

@@ -183,9 +183,9 @@ def test_adding_a_checkpoint_calls_the_engine_function_the_cli_uses(private_cach
 def test_adding_a_released_checkpoint_installs_the_3d_model(slicer_env, private_cache, one_thread, monkeypatch,
                                                             tmp_path):
     torch = one_thread
-    from ProMISeLib import promise3d_checkpoint as ckpt
+    from ProMISeLib.io.weights import cached_path, resolve_weights, sidecar_path
+    from ProMISeLib.models.promise3d import checkpoint as ckpt
     from ProMISeLib.models.promise3d.model import Promise3DConfig
-    from ProMISeLib.weights import cached_path, resolve_weights, sidecar_path
 
     monkeypatch.setattr(ckpt, "default_config", lambda name: Promise3DConfig.reduced())  # full size is 0.5 GB
     source = tmp_path / "colon_pretrain_promise.pth"

@@ -1,10 +1,11 @@
-"""Smoke test of ProMISeModule.py's module and panel code without Qt.
+"""Smoke test of ProMISeModule.py and its panel (ProMISeSlicer.widget, .models_panel) without Qt.
 
 slicer-core has no Qt, so the Qt-side imports (qt, ScriptedLoadableModule, parameterNodeWrapper,
 i18n) are replaced by small stand-ins and the .ui widgets by fakes that hold their state. The MRML
-scene, the nodes and the logic are real; the engine is the stand-in from conftest_slicer. This runs
-every handler of the panel once, so a typo or a wrong call in the widget code fails here rather than
-in front of a user.
+scene, the nodes, the logic and its worker thread are real; the engine is the stand-in from
+conftest_slicer. The QTimer that polls the worker is a fake: :func:`finish` polls until the worker is
+idle, as the timer does in Slicer. This runs every handler of the panel once, so a typo or a wrong
+call in the widget code fails here rather than in front of a user.
 """
 
 from __future__ import annotations
@@ -94,6 +95,43 @@ class FakeTable(FakeWidget):
         return []
 
 
+class FakeTimer:
+    """qt.QTimer: holds its slot; the tests poll the worker themselves (see finish())."""
+
+    def __init__(self):
+        self.active, self.slots = False, []
+
+    def setInterval(self, msec):
+        self.interval = msec
+
+    def connect(self, signal, slot):
+        self.slots.append(slot)
+
+    def isActive(self):
+        return self.active
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    @staticmethod
+    def singleShot(msec, fn):
+        fn()
+
+
+def slicer_array(segmentation, segmentId, volume):
+    import slicer
+
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+
+
+def finish(widget, timeout=20.0):
+    """Let the worker finish and apply its results, as the panel's QTimer does."""
+    widget.logic.runner.runUntilIdle(timeout)
+
+
 class FakeItem:
     def __init__(self, text):
         self.text, self.data_ = text, {}
@@ -170,7 +208,7 @@ def module(slicer_env, monkeypatch):
     qt = types.ModuleType("qt")
     qt.Qt = types.SimpleNamespace(UserRole=32)
     qt.QTableWidgetItem = FakeItem
-    qt.QTimer = types.SimpleNamespace(singleShot=lambda msec, fn: fn())
+    qt.QTimer = FakeTimer
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     slm.ScriptedLoadableModule, slm.ScriptedLoadableModuleWidget = FakeModuleBase, FakeWidgetBase
     slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
@@ -182,7 +220,14 @@ def module(slicer_env, monkeypatch):
     for name, stub in (("qt", qt), ("slicer.ScriptedLoadableModule", slm), ("slicer.i18n", i18n),
                        ("slicer.parameterNodeWrapper", wrapper)):
         monkeypatch.setitem(sys.modules, name, stub)
+    for name in ("ProMISeSlicer.widget", "ProMISeSlicer.models_panel", "ProMISeSlicer.poller",
+                 "ProMISeSlicer.selftest"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh with the stand-ins
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    monkeypatch.setattr(ProMISeModuleLogic, "_shared", None)  # each test gets its own shared logic
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
     monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(ForcePlaceMultipleMarkups=2),
                         raising=False)
     ui = fake_ui()
@@ -206,9 +251,11 @@ def widget(module, monkeypatch):
     panel.setup()
     panel.logic.segmenterFactory = fake_factory(radius_mm=4.0)
     panel._dependenciesReady = True
+    panel._parameterNode.autoUpdate = False  # tests that place points and then click Segment; some turn it on
     monkeypatch.setattr(panel, "ensureModel", lambda name: True)
     yield panel
     panel.cleanup()  # as Slicer does when the module is unloaded: no observers left on the scene
+    panel.logic.runner.close()
 
 
 def test_module_is_listed_under_segmentation(module):
@@ -250,6 +297,7 @@ def test_segment_undo_and_auto_update_from_the_panel(widget, module):
     assert ui.segmentButton.enabled
 
     widget.onSegmentButton()
+    finish(widget)
     assert "lesion" in ui.statusLabel.text and "mL" in ui.statusLabel.text, ui.statusLabel.text
     assert parameters.outputSegmentation is not None
     assert ui.undoButton.enabled and not ui.cancelButton.enabled and not ui.progressBar.visible
@@ -259,15 +307,77 @@ def test_segment_undo_and_auto_update_from_the_panel(widget, module):
     parameters.autoUpdate = True
     engine = FakeSegmenter.instances[-1]
     points.SetNthControlPointPosition(0, vtk.vtkVector3d(7.0, 6.0, 8.0))
-    points.InvokeEvent(points.PointEndInteractionEvent)
+    widget.onPointsEdited(points, "positive", 0)
+    finish(widget)
     assert len(engine.calls) == 2 and tuple(engine.calls[-1]["voxels"][0]) == (4, 6, 7)
     assert parameters.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 1
-    # an unchanged point does not re-run
-    points.InvokeEvent(points.PointEndInteractionEvent)
-    assert len(engine.calls) == 2
 
     widget.onUndoButton()
     assert ui.statusLabel.text.startswith("Undone")
+
+
+def test_busy_state_disables_segment_and_undo_and_a_mid_run_edit_runs_next(widget, module):
+    """The panel's buttons while the worker holds a run, and a point placed mid-run."""
+    import threading
+
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
+    widget.onSegmentButton()
+    finish(widget)
+    assert ui.undoButton.enabled
+    gate, inside = threading.Event(), threading.Event()
+    engine = FakeSegmenter.instances[-1]
+    original = engine.segment
+
+    def held(*args, **kwargs):
+        inside.set()
+        assert gate.wait(20.0)
+        return original(*args, **kwargs)
+
+    engine.segment = held
+    assert widget.runSegmentation() == "started"
+    assert inside.wait(20.0)
+    # mid-run: Segment and Undo are disabled, Cancel enabled, progress shown
+    assert not ui.segmentButton.enabled and not ui.undoButton.enabled and ui.cancelButton.enabled
+    assert ui.progressBar.visible
+    # a point placed mid-run (the markups node's own event) is routed and its run queued
+    parameters.autoUpdate = True
+    index = parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(12.0, 14.0, 8.0), "second")
+    assert widget.logic.runner.queued is not None and "Queued" in ui.statusLabel.text
+    gate.set()
+    finish(widget)
+    from ProMISeSlicer.nodes import point_segment_id
+
+    segmentId = point_segment_id(parameters.positivePoints, index)
+    assert segmentId is not None, "the point was routed to a (new) target segment"
+    voxels = [tuple(int(v) for v in voxel) for voxel in engine.calls[-1]["voxels"]]
+    assert voxels == [(4, 6, 5), (4, 14, 12)], "the queued edit ran last, refining the target with both clicks"
+    assert ui.segmentButton.enabled and ui.undoButton.enabled and not ui.cancelButton.enabled
+    assert parameters.outputSegmentation.GetSegmentation().GetSegment(segmentId) is not None
+    assert any(d == segmentId for _, d in ui.targetSegmentComboBox.items), "the target list shows it"
+
+
+def test_new_lesion_button_and_negative_list_made_on_demand(widget, module):
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    assert parameters.negativePoints is None
+    widget.placeNegative()
+    assert parameters.negativePoints is not None, "the background list is made when it is first used"
+    widget.onNewLesionButton()
+    segmentation = parameters.outputSegmentation
+    node, target = widget.session.target()
+    assert node is segmentation and segmentation.GetSegmentation().GetSegment(target).GetName() == "Lesion 1"
+    assert ui.targetSegmentComboBox.currentData == target
+    parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0))
+    widget.onPointPlaced(parameters.positivePoints, "positive")
+    finish(widget)
+    assert "Lesion 1" in ui.statusLabel.text, ui.statusLabel.text
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
 
 
 def test_runtime_chooser_reaches_the_engine_and_is_saved(widget, module):
@@ -282,6 +392,7 @@ def test_runtime_chooser_reaches_the_engine_and_is_saved(widget, module):
     parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
     parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
     widget.onSegmentButton()
+    finish(widget)
     auto_engine = FakeSegmenter.instances[-1]
     assert auto_engine.runtime == "auto" and len(auto_engine.calls) == 1
 
@@ -289,6 +400,7 @@ def test_runtime_chooser_reaches_the_engine_and_is_saved(widget, module):
     widget.onRuntimeChanged()
     assert parameters.runtime == "onnx"  # saved with the scene
     widget.onSegmentButton()
+    finish(widget)
     onnx_engine = FakeSegmenter.instances[-1]
     assert onnx_engine is not auto_engine and onnx_engine.runtime == "onnx" and len(onnx_engine.calls) == 1
     assert module.messages["errors"] == [] and "lesion" in ui.statusLabel.text
@@ -306,15 +418,28 @@ def test_errors_and_cancel_are_shown_in_the_status_line(widget, module, monkeypa
     parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.eye(4), "scan")
     parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(500.0, 6.0, 8.0), "far")
     widget.onSegmentButton()
+    finish(widget)
     assert "outside the image" in ui.statusLabel.text and ui.statusLabel.styleSheet
     assert module.messages["errors"] == []  # an expected error is not a pop-up
 
     parameters.positivePoints.SetNthControlPointPosition(0, vtk.vtkVector3d(5.0, 6.0, 8.0))
-    # the user clicks Cancel while the run lets Qt process events
-    monkeypatch.setattr(module.module.slicer, "app", types.SimpleNamespace(processEvents=widget.onCancelButton))
+    # the user clicks Cancel while the worker runs: the result is not written
+    engine_calls = []
+
+    def cancelled_mid_run(*args, **kwargs):
+        engine_calls.append(1)
+        widget.onCancelButton()  # as if clicked while the engine ran
+        return FakeSegmenter.segment(FakeSegmenter.instances[-1], *args, **kwargs)
+
+    widget.logic.getSegmenter(None, "auto", "auto", "auto").segment = cancelled_mid_run
     widget.onSegmentButton()
-    assert ui.statusLabel.text.startswith("Cancelled") and "nothing was changed" in ui.statusLabel.text
-    assert parameters.outputSegmentation is None
+    finish(widget)
+    assert engine_calls and ui.statusLabel.text.startswith("Cancelled") and "nothing was changed" in ui.statusLabel.text
+    # the placed point started an (empty) lesion; the cancelled run wrote nothing into it
+    segmentation = parameters.outputSegmentation
+    segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert slicer_array(segmentation, segmentId, parameters.inputVolume).sum() == 0
 
 
 def test_declined_dependencies_stop_before_segmenting(widget, module, monkeypatch):
@@ -330,6 +455,7 @@ def test_declined_dependencies_stop_before_segmenting(widget, module, monkeypatc
     parameters.inputVolume = add_volume(np.zeros((4, 4, 4), np.float32), np.eye(4), "scan")
     add_points([("a", (1, 1, 1))])
     widget.onSegmentButton()
+    finish(widget)
     assert "declined" in module.ui.statusLabel.text
     assert widget.logic._segmenter is None
 
@@ -364,6 +490,7 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
     parameters.positivePoints.AddControlPoint(vtk.vtkVector3d(5.0, 6.0, 8.0), "lesion")
     widget.onSegmentButton()
+    finish(widget)
     assert FakeSegmenter.instances[-1].prompts == "auto"
     assert "learned prompts (fake-prompter)" in ui.statusLabel.text, ui.statusLabel.text
 
@@ -371,6 +498,7 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     widget.onPromptsChanged()
     assert parameters.prompts == "heuristic"  # saved with the scene
     widget.onSegmentButton()
+    finish(widget)
     engine = FakeSegmenter.instances[-1]
     assert engine.prompts == "heuristic" and len(engine.calls) == 1
     assert "lesion" in ui.statusLabel.text and "heuristic box prompts" in ui.statusLabel.text, ui.statusLabel.text
@@ -379,6 +507,7 @@ def test_prompts_chooser_reaches_the_engine_and_the_status_names_the_method(widg
     ui.promptsComboBox.currentIndex = 1  # Fused
     widget.onPromptsChanged()
     widget.onSegmentButton()
+    finish(widget)
     assert FakeSegmenter.instances[-1].prompts == "fused" and "fused prompts" in ui.statusLabel.text
     ui.promptsComboBox.currentIndex = 3
     widget.onPromptsChanged()

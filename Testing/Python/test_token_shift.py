@@ -1,27 +1,27 @@
-"""The decoder token shift (issue 6, Incremental Pattern Shifting): training, weights, and the engine's use of it."""
+"""The decoder token shift (Incremental Pattern Shifting): training, weights, and its plug-in into the walk."""
 
 from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import flip_byte
 from ProMISeLib.errors import CheckpointError
-from ProMISeLib.prompting.dataset import ExtractionSettings, extract_structure
-from ProMISeLib.prompting.token_shift import (
+from ProMISeTrain.prompter_data import ExtractionSettings, extract_structure
+from ProMISeTrain.token_shift import (
     KEYS,
+    SHIPPED,
     ShiftedDecoder,
     ShiftSettings,
+    TokenShift,
     apply_token_shift,
     label_box,
     load_token_shift,
     neighbour_box_dice,
     propagation_pairs,
-    resolve_token_shift,
     save_token_shift,
     shift_loss,
     train_token_shift,
@@ -30,8 +30,8 @@ from ProMISeLib.prompting.token_shift import (
 
 @pytest.fixture(scope="module")
 def model():
+    from ProMISeLib.io.weights import resolve_weights
     from ProMISeLib.models.litemedsam import build_litemedsam
-    from ProMISeLib.weights import resolve_weights
 
     return build_litemedsam(resolve_weights("lite_medsam"))
 
@@ -39,8 +39,8 @@ def model():
 @pytest.fixture(scope="module")
 def brain_structure(model, brain):
     """brain1's tumour encoded by the frozen encoder in a simulated ROI crop (as train-prompting caches it)."""
-    from ProMISeLib.predictor import SlicePredictor
-    from ProMISeLib.preprocess import InputScaling, normalize_intensities
+    from ProMISeLib.io.preprocess import InputScaling, normalize_intensities
+    from ProMISeLib.runtime.predictor import SlicePredictor
 
     volume, geometry, truth = brain
     normalised, _ = normalize_intensities(volume, "auto")
@@ -130,73 +130,46 @@ def test_shift_weights_round_trip_and_bad_files_are_refused(model, tmp_path):
         load_token_shift(tmp_path / "missing.safetensors")
 
 
-def test_auto_takes_the_shipped_shift_only_when_its_card_names_it_the_default(model, tmp_path):
-    path = save_token_shift(_random_shift(model), tmp_path / "shift.safetensors", {"default": False})
-    spec = SimpleNamespace(kind="slice", token_shift_path=path)
-    assert resolve_token_shift(spec, "auto") is None
-    assert resolve_token_shift(spec, str(path)) == path
-    card = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".json").write_text(json.dumps(dict(card, default=True)))
-    assert resolve_token_shift(spec, "auto") == path
-    assert resolve_token_shift(spec, "off") is None and resolve_token_shift(spec, None) is None
-    assert resolve_token_shift(SimpleNamespace(kind="volume3d", token_shift_path=path), "auto") is None
-    with pytest.raises(CheckpointError, match="not found"):
-        resolve_token_shift(spec, str(tmp_path / "nowhere.safetensors"))
-
-
-def test_the_engine_applies_the_shift_and_says_so(model, brain, tmp_path):
+def test_the_engine_applies_the_shift_plugin_and_says_so(model, brain, tmp_path):
     from conftest import centre_click
     from ProMISeLib.engine import Segmenter
 
     volume, geometry, truth = brain
     path = save_token_shift(_random_shift(model, 0.05), tmp_path / "mild.safetensors", {})
     click = [centre_click(truth)[::-1]]
-    shifted = Segmenter(device="cpu", prompts="heuristic", token_shift=str(path), runtime="torch")
-    frozen = Segmenter(device="cpu", prompts="heuristic", token_shift="off", runtime="torch")
+    shifted = Segmenter(device="cpu", prompts="heuristic", plugins=[TokenShift.from_file(path)])
+    frozen = Segmenter(device="cpu", prompts="heuristic", runtime="torch")
+    assert shifted.runtime == "torch", "auto takes PyTorch for a plug-in that changes the model"
     embedding = torch.randn(1, 256, 64, 64)
     boxes = np.array([[40.0, 50.0, 150.0, 170.0]], np.float32)
     a = shifted.load().backend.decode(embedding, boxes, None, None)
     b = frozen.load().backend.decode(embedding, boxes, None, None)
     assert not np.allclose(a[0].numpy(), b[0].numpy()), "the shifted segmenter's decoder differs from the frozen one"
+    with torch.no_grad():
+        expected, _ = ShiftedDecoder(model, load_token_shift(path)[0])(embedding, torch.from_numpy(boxes))
+    assert np.abs(a[0][:, 0].numpy() - expected.numpy()).max() < 1e-4
     result = shifted.segment(volume, geometry, click, space="ijk")
-    assert result.method == "heuristic box prompts; decoder tokens shifted by mild"
+    assert result.method == "heuristic box prompts; plug-ins: decoder tokens shifted by mild"
     assert "shifted" not in frozen.segment(volume, geometry, click, space="ijk").method
 
 
-def test_an_onnx_export_carries_the_shift_and_a_mismatched_one_is_refused(model, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    from ProMISeLib.download import sha256_of
+def test_a_model_changing_plugin_is_refused_on_onnx_runtime(model, tmp_path):
     from ProMISeLib.engine import Segmenter
-    from ProMISeLib.onnx_backend import OnnxBackend, read_manifest
+    from ProMISeLib.errors import InvalidInputError
 
-    monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path / "cache"))
-    shift = _random_shift(model)
-    path = save_token_shift(shift, tmp_path / "shift.safetensors", {})
-    Segmenter(device="cpu", runtime="onnx", token_shift=str(path)).load()  # exported into the cache on first use
-    out = tmp_path / "cache" / "onnx" / f"litemedsam-shift-{sha256_of(path)[:12]}"
-    assert [p.name for p in out.parent.iterdir()] == [out.name], "one export, no staging folder left behind"
-    assert read_manifest(out)["token_shift"] == {"name": path.name, "sha256": sha256_of(path)}
-    embedding = torch.randn(1, 256, 64, 64)
-    boxes = np.array([[40.0, 50.0, 150.0, 170.0], [90.0, 80.0, 130.0, 140.0]], np.float32)
-    onnx_logits, _ = OnnxBackend(out, device="cpu").decode(embedding, boxes, None, None)
-    with torch.no_grad():
-        torch_logits, _ = ShiftedDecoder(model, shift)(embedding, torch.from_numpy(boxes))
-    assert np.abs(onnx_logits[:, 0].numpy() - torch_logits.numpy()).max() < 1e-3
-    with pytest.raises(CheckpointError, match="another token shift"):
-        Segmenter(device="cpu", runtime="onnx", onnx_dir=str(out), token_shift="off").load()
+    path = save_token_shift(_random_shift(model), tmp_path / "shift.safetensors", {})
+    with pytest.raises(InvalidInputError, match="torch runtime only"):
+        Segmenter(device="cpu", runtime="onnx", plugins=[TokenShift.from_file(path)])
 
 
 def _shipped_shift_card() -> dict:
-    from ProMISeLib.models.registry import get_model_spec
-
-    path = get_model_spec("litemedsam").token_shift_path
-    assert path is not None and path.is_file(), "the token shift ships with the engine"
-    return json.loads(path.with_suffix(".json").read_text())
+    assert SHIPPED.is_file(), "the trained token shift ships with the training wing"
+    return json.loads(SHIPPED.with_suffix(".json").read_text())
 
 
 def test_the_shipped_shift_card_records_held_out_validation():
     card = _shipped_shift_card()
-    _, loaded_card = load_token_shift(_shipped_path())  # the hash in the card matches the shipped file
+    _, loaded_card = load_token_shift(SHIPPED)  # the hash in the card matches the shipped file
     assert loaded_card["name"] == "litemedsam-token-shift" and loaded_card["backbone"] == "litemedsam"
     validation = card["validation"]
     assert "by patient" in validation["scheme"]
@@ -213,33 +186,18 @@ def test_the_shipped_shift_card_records_held_out_validation():
     assert card["default"] == (end_to_end["mean_change"] > 0)
 
 
-def _shipped_path():
-    from ProMISeLib.models.registry import get_model_spec
-
-    return get_model_spec("litemedsam").token_shift_path
-
-
-def test_auto_applies_the_shipped_shift_with_learned_prompts_and_never_to_the_rule_based_fallback():
-    from ProMISeLib.engine import Segmenter
-
-    expected = _shipped_path() if _shipped_shift_card()["default"] else None
-    assert Segmenter(device="cpu").token_shift_path() == expected
-    assert Segmenter(device="cpu", prompts="heuristic").token_shift_path() is None
-    assert Segmenter(device="cpu", token_shift="off").token_shift_path() is None
-
-
 @pytest.mark.slow
 def test_the_shipped_shift_reproduces_its_held_out_dice(cases):
     """The shipped shift and prompter never saw STS_019; the default engine must give the Dice the card records."""
     from conftest import centre_click
     from ProMISeLib.engine import Segmenter
+    from ProMISeLib.io.sample_data import read_case
     from ProMISeLib.metrics import dice
-    from ProMISeLib.sample_data import read_case
 
     recorded = _shipped_shift_card()["validation"]["end_to_end"]["shipped_file_validation"]
     case_id = "STS_019_MR_T1" if "STS_019_MR_T1" in recorded else min(recorded)
     volume, geometry, truth = read_case(cases[case_id])
-    result = Segmenter(device="cpu", prompts="fused", token_shift=str(_shipped_path())).segment(
+    result = Segmenter(device="cpu", prompts="fused", plugins=[TokenShift.from_file()]).segment(
         volume, geometry, [centre_click(truth)[::-1]], space="ijk")
     assert "decoder tokens shifted by litemedsam-token-shift" in result.method
     assert dice(result.mask, truth) == pytest.approx(recorded[case_id], abs=0.01)

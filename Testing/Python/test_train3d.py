@@ -11,12 +11,12 @@ from msd_fixtures import real_ct_cases, write_msd
 from PIL import Image
 from ProMISeLib.cli import main
 from ProMISeLib.errors import CheckpointError, InvalidInputError
-from ProMISeLib.evaluate3d import evaluate
-from ProMISeLib.losses import BoundaryAwareLoss
 from ProMISeLib.models.promise3d.config import PRESETS
 from ProMISeLib.models.promise3d.model import Promise3DConfig
-from ProMISeLib.msd import MSDDataset, load_case
-from ProMISeLib.train3d import (
+from ProMISeTrain.evaluate3d import evaluate
+from ProMISeTrain.losses import BoundaryAwareLoss
+from ProMISeTrain.msd import MSDDataset, load_case
+from ProMISeTrain.train3d import (
     Augmentation,
     TrainOptions,
     build_model,

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .sam_modules import sam_modeling
-from .tiny_vit import TinyViTEncoder
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.models.sam_modules import sam_modeling
+from ProMISeLib.models.tiny_vit import TinyViTEncoder
 
 IMAGE_SIZE = 256
 EMBEDDING_SIZE = 64

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CheckpointError, InvalidInputError
-from ..preprocess import InputScaling
-from ..weights import weights_file, weights_status
-from .promise3d.config import PRESETS, Promise3DPreprocessing
+from ProMISeLib.errors import CheckpointError, InvalidInputError
+from ProMISeLib.io.preprocess import InputScaling
+from ProMISeLib.io.weights import weights_file, weights_status
+from ProMISeLib.models.promise3d.config import PRESETS, Promise3DPreprocessing
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from torch import nn
@@ -41,17 +41,11 @@ class ModelSpec:
     kind: str = SLICE
     preprocessing: Promise3DPreprocessing | None = None  # volume3d models only
     prompter: str | None = None  # learned prompter shipped for this backbone (ProMISeLib/assets/<name>.safetensors)
-    token_shift: str | None = None  # decoder token shift shipped for this backbone (ProMISeLib/assets/<name>...)
 
     @property
     def prompter_path(self) -> Path | None:
         """The shipped learned-prompter weights, if this backbone has them."""
         return _asset(self.prompter)
-
-    @property
-    def token_shift_path(self) -> Path | None:
-        """The shipped decoder token shift, if this backbone has one."""
-        return _asset(self.token_shift)
 
     @property
     def size_mb(self) -> float:
@@ -76,14 +70,14 @@ class ModelInfo:
 
 
 def _build_litemedsam(path: Path) -> nn.Module:
-    from .litemedsam import build_litemedsam
+    from ProMISeLib.models.litemedsam import build_litemedsam
 
     return build_litemedsam(path)
 
 
 def _sam_builder(kind: str) -> Callable[[Path], nn.Module]:
     def build(path: Path) -> nn.Module:
-        from .sam import build_sam
+        from ProMISeLib.models.sam import build_sam
 
         return build_sam(kind, path)
 
@@ -91,7 +85,7 @@ def _sam_builder(kind: str) -> Callable[[Path], nn.Module]:
 
 
 def _build_promise3d(path: Path) -> nn.Module:
-    from ..promise3d_checkpoint import load_promise3d
+    from ProMISeLib.models.promise3d.checkpoint import load_promise3d
 
     return load_promise3d(path).model
 
@@ -107,7 +101,7 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px; bundled)", "lite_medsam",
                   InputScaling(256, "minmax"), _build_litemedsam, bundled=True,
-                  point_prompts=False, prompter="litemedsam-prompter", token_shift="litemedsam-token-shift"),
+                  point_prompts=False, prompter="litemedsam-prompter"),
         ModelSpec("sam_vit_b", "SAM ViT-B (1024 px; 375 MB download)", "sam_vit_b",
                   InputScaling(1024, "meanstd"), _sam_builder("vit_b")),
         ModelSpec("sam_vit_l", "SAM ViT-L (1024 px; 1.2 GB download)", "sam_vit_l",
@@ -143,7 +137,7 @@ def add_model_weights(name: str, path: str | Path) -> Path:
     spec = get_model_spec(name)
     if spec.kind != VOLUME3D:
         raise InvalidInputError(f"{name} is downloaded, not added: `promise weights download {name}`")
-    from ..promise3d_checkpoint import convert_released_checkpoint
+    from ProMISeLib.models.promise3d.checkpoint import convert_released_checkpoint
 
     return convert_released_checkpoint(path, spec.weights)
 

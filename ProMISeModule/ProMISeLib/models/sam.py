@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .sam_modules import sam_modeling
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.models.sam_modules import sam_modeling
 
 _VIT = {
     "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn": (2, 5, 8, 11)},

@@ -93,3 +93,9 @@ def click_map(points_rc: list[tuple[float, float]], grid: int = GRID, sigma: flo
     for r, c in points_rc:
         out = np.maximum(out, np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2)))
     return out
+
+
+def downsample_mask(mask: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Fraction of each grid cell covered by a (side, side) mask (area average, antialiased)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=(grid, grid), mode="area").numpy()[0, 0]

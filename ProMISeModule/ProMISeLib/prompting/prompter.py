@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..download import sha256_of
-from ..errors import CheckpointError
-from . import PROMPTER_MODES
-from .dataset import downsample_mask
-from .net import PromptNet, PromptNetConfig, click_map
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.io.download import sha256_of
+from ProMISeLib.prompting import PROMPTER_MODES
+from ProMISeLib.prompting.net import PromptNet, PromptNetConfig, click_map, downsample_mask
 
 CARD_SUFFIX = ".json"
 
@@ -171,3 +170,30 @@ def _component_near(mask: np.ndarray, point_rc: tuple[float, float]) -> np.ndarr
         return labels == labels[r, c]
     _, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
     return labels == labels[rows[r, c], cols[r, c]]
+
+
+def resolve_prompter(prompts: str, shipped: Path | None, weights: str | None) -> tuple[LearnedPrompter | None, str]:
+    """The learned prompter a prompts mode runs, and the mode that runs ('fused', 'learned' or 'heuristic').
+
+    ``weights`` (a user's file) replaces the ``shipped`` one. ``auto`` runs the mode the card names as the
+    default (the one that beat the heuristic in validation by patient), a user's file without one as
+    'learned', and the heuristic where there is no prompter. 'fused' or 'learned' without weights is an error.
+    """
+    if prompts == "heuristic":
+        return None, "heuristic"
+    path = weights or shipped
+    if path is None or not Path(path).is_file():
+        if prompts in PROMPTER_MODES:
+            raise CheckpointError(f"no learned prompter weights ({path or 'none shipped for this model'})")
+        return None, "heuristic"
+    mode = prompts
+    if mode == "auto":
+        try:  # the card alone says which mode won the prompter's validation
+            mode = default_mode(json.loads(card_path(Path(path)).read_text()))
+        except (OSError, ValueError):
+            mode = None  # a missing or broken card is reported by the loader below
+        if mode is None and weights is not None:
+            mode = "learned"  # weights the user named, without a validated default
+        if mode is None:
+            return None, "heuristic"
+    return LearnedPrompter.from_file(Path(path)), mode

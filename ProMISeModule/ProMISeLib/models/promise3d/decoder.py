@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Promise3DConfig
+from ProMISeLib.models.promise3d.config import Promise3DConfig
 
 
 def _conv_in_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tiny_vit import ChannelLayerNorm
-from .config import Promise3DConfig
+from ProMISeLib.models.promise3d.config import Promise3DConfig
+from ProMISeLib.models.tiny_vit import ChannelLayerNorm
 
 StepCallback = Callable[[int, int], None]
 

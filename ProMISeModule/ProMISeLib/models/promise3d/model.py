@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Promise3DConfig
-from .decoder import Promise3DDecoder
-from .encoder import Promise3DEncoder, StepCallback
-from .prompt import Promise3DPromptEncoder, click_grid
+from ProMISeLib.models.promise3d.config import Promise3DConfig
+from ProMISeLib.models.promise3d.decoder import Promise3DDecoder
+from ProMISeLib.models.promise3d.encoder import Promise3DEncoder, StepCallback
+from ProMISeLib.models.promise3d.prompt import Promise3DPromptEncoder, click_grid
 
 __all__ = ["Promise3D", "Promise3DConfig"]
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Promise3DConfig
+from ProMISeLib.models.promise3d.config import Promise3DConfig
 
 
 def click_grid(points: torch.Tensor, crop_size: int, parity_permuted_click: bool = False) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Input and output: image geometry, volumes, preprocessing, weights, downloads and paths."""

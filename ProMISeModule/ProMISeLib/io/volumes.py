@@ -1,0 +1,167 @@
+"""Reading images and writing masks: SimpleITK for I/O, slicerio for ``.seg.nrrd``.
+
+Images come back as float32 numpy arrays in (K, J, I) order with an :class:`ImageGeometry`.
+Every write goes to a temporary file in the target folder and is renamed into place, so a
+failed or interrupted write never leaves a partial file, nor replaces an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError
+from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.validation import validate_volume
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D scalar image file, or a DICOM series folder, as (array_kji, geometry)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            image = _read_dicom_folder(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        reason = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
+        raise ImageReadError(f"{path}: cannot be read as an image {reason.strip()}".rstrip()) from exc
+    return image_to_array(image, str(path))
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ImageReadError(f"{folder}: no DICOM series found in the folder")
+    # The series with the most files is the volume a user means.
+    best = max(series, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best))
+    return reader.Execute()
+
+
+def image_to_array(image: sitk.Image, name: str = "image") -> tuple[np.ndarray, ImageGeometry]:
+    """Validate a SimpleITK image and return its float32 (K, J, I) array and geometry."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInputError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar image is needed"
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise InvalidInputError(f"{name}: is {dim}D; a 3D image is needed")
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return validate_volume(array, name), ImageGeometry.from_sitk(image)
+
+
+def mask_suffix(path: str | Path) -> str:
+    """The recognised mask suffix of ``path`` or an OutputError."""
+    name = str(path).lower()
+    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise OutputError(f"{path}: output must end in .nii.gz, .nrrd or .seg.nrrd")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early (before any compute) if ``path`` cannot be written."""
+    path = Path(path)
+    mask_suffix(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{path}: not writable")
+    try:  # the permission bits don't tell everything (root, read-only or special file systems): try it
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".promise-check-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{path}: folder {folder} is not writable ({exc.strerror or exc})") from exc
+    return path
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".promise-",
+                                        suffix=suffix)
+    except OSError as exc:
+        raise OutputError(f"{path}: could not be written ({exc.strerror or exc})") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: could not be written ({exc.strerror or exc})") from exc
+    except RuntimeError as exc:  # SimpleITK reports write errors as RuntimeError
+        raise OutputError(f"{path}: could not be written ({str(exc).strip().splitlines()[-1]})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def mask_to_sitk(mask_kji: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask_kji, dtype=np.uint8))
+    geometry.apply_to_sitk(image)
+    return image
+
+
+def write_mask(
+    path: str | Path,
+    mask_kji: np.ndarray,
+    geometry: ImageGeometry,
+    segment_name: str = "lesion",
+    color: tuple[float, float, float] = (0.95, 0.35, 0.2),
+) -> Path:
+    """Write a uint8 mask with ``geometry`` to .nii.gz/.nrrd, or as a Slicer .seg.nrrd segment."""
+    path = check_writable(path)
+    if mask_kji.shape != geometry.shape_kji:
+        raise OutputError(f"mask shape {mask_kji.shape} does not match the image {geometry.shape_kji}")
+    if mask_suffix(path) == ".seg.nrrd":
+        import slicerio
+
+        segmentation = slicerio.create_segmentation(geometry.size, geometry.index_to_lps_matrix())
+        slicerio.add_segment(
+            segmentation,
+            np.asarray(mask_kji, dtype=bool).transpose(2, 1, 0),
+            {"id": "Segment_1", "name": segment_name, "color": list(color)},
+        )
+        return atomic_write(path, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation))
+    image = mask_to_sitk(mask_kji, geometry)
+    return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+
+
+def read_label(path: str | Path, geometry: ImageGeometry | None = None) -> np.ndarray:
+    """Read a label image as an int array (K, J, I); check its grid against ``geometry``."""
+    image = sitk.ReadImage(str(path))
+    labels = sitk.GetArrayFromImage(image)
+    if geometry is not None:
+        other = ImageGeometry.from_sitk(image)
+        if other.size != geometry.size or not np.allclose(other.index_to_lps_matrix(),
+                                                          geometry.index_to_lps_matrix(), atol=1e-3):
+            raise InvalidInputError(f"{path}: label grid differs from the image grid")
+    return labels

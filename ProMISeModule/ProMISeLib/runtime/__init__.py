@@ -1,0 +1,1 @@
+"""Runtimes: the device and runtime choice, PyTorch and ONNX Runtime backends, the slice predictor."""

@@ -1,0 +1,32 @@
+"""The inference runtimes, named without importing torch or ONNX Runtime (the CLI and the Slicer panel list them).
+
+``auto`` runs ONNX Runtime on a CPU where it is installed and the model has an export, else PyTorch
+(``ProMISeLib.engine.choose_runtime`` decides); ``torch`` and ``onnx`` ask for one.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def onnx_installed() -> bool:
+    """Whether ONNX Runtime (to run) and onnx (to export on first use) can be imported; imports neither."""
+    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+
+
+#: The oldest torch whose ``torch.onnx.export`` takes ``dynamo=False`` (the TorchScript exporter the export uses).
+MIN_TORCH_FOR_EXPORT = (2, 5)
+
+
+def torch_exports_onnx() -> bool:
+    """Whether the installed torch can run the ONNX export (read from its metadata; imports no torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("torch").split("+")[0].split(".")
+        return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in release[:2]) >= \
+            MIN_TORCH_FOR_EXPORT
+    except (PackageNotFoundError, ValueError):
+        return False

@@ -1,0 +1,94 @@
+"""The small context every stage of the walk shares: the model, the volume, the settings and the callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ProMISeLib.errors import SegmentationCancelled
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.runtime.predictor import SlicePredictor
+from ProMISeLib.walk.hooks import WalkPlugin
+from ProMISeLib.walk.settings import PropagationSettings
+
+if TYPE_CHECKING:
+    from ProMISeLib.prompting.prompter import LearnedPrompter
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+Voxel = tuple[int, int, int]
+
+
+@dataclass
+class WalkContext:
+    """One volume being segmented: what the seed, the planes, the steps and the corrections all read.
+
+    With a ``prompter`` the learned network picks each slice's box; with ``fused`` as well, the
+    rule-based candidates stay and the network only ranks them (its box's mask joins them).
+    """
+
+    predictor: SlicePredictor
+    volume: np.ndarray  # normalised 0-255, (K, J, I)
+    spacing_ji: tuple[float, float]
+    slice_mm: float
+    settings: PropagationSettings = field(default_factory=PropagationSettings)
+    progress: ProgressFn | None = None
+    cancel: CancelFn | None = None
+    prompter: LearnedPrompter | None = None
+    fused: bool = False
+    plugins: Sequence[WalkPlugin] = ()
+    messages: list[str] = field(default_factory=list)
+    decoded_slices: int = 0  # axial slices decoded through this context
+
+    def __post_init__(self) -> None:
+        self.fused = self.fused and self.prompter is not None
+        self.slice_mm = float(self.slice_mm)
+        self.pixel_mm = float(np.sqrt(self.spacing_ji[0] * self.spacing_ji[1]))
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise SegmentationCancelled("segmentation cancelled")
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+    def embedding(self, k: int, crop: CropWindow):
+        """The encoder's embedding of slice k in ``crop`` (cached by the predictor)."""
+        self.check_cancel()
+        self.decoded_slices += 1
+        return self.predictor.embed(self.volume, [k], crop)[k]
+
+    def radius_px(self, pixel_mm: float | None = None) -> int:
+        """``click_radius_mm`` in pixels of ``pixel_mm`` (the axial pixel by default)."""
+        return int(round(self.settings.click_radius_mm / (pixel_mm or self.pixel_mm)))
+
+    @staticmethod
+    def points_in_crop(points: Sequence[Voxel], k: int, crop: CropWindow) -> list[tuple[int, int]]:
+        """(x, y) crop coordinates of the clicks on slice k."""
+        return [(p[2] - crop.i0, p[1] - crop.j0) for p in points if p[0] == k]
+
+    def prompt_points(self, k: int, crop: CropWindow, positives, negatives):
+        """The clicks on slice k as the decoder's point prompts (point-trained models only), else (None, None)."""
+        if not self.settings.point_prompts:
+            return None, None
+        pos = self.points_in_crop(positives, k, crop)
+        neg = self.points_in_crop(negatives, k, crop)
+        if not pos and not neg:
+            return None, None
+        return np.array(pos + neg, dtype=np.float32), np.array([1] * len(pos) + [0] * len(neg))
+
+    def exclude(self, boxes: np.ndarray, k: int, crop: CropWindow, negatives) -> np.ndarray:
+        """Move the nearest side of each box past any negative click inside it (box-trained models)."""
+        boxes = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+        for x, y in self.points_in_crop(negatives, k, crop):
+            for box in boxes:
+                x0, y0, x1, y1 = box
+                if x0 <= x <= x1 and y0 <= y <= y1:
+                    gaps = [x - x0, y - y0, x1 - x, y1 - y]
+                    side = int(np.argmin(gaps))
+                    box[side] = (x + 1, y + 1, x - 1, y - 1)[side]
+        return boxes

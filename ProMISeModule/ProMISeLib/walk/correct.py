@@ -1,0 +1,92 @@
+"""Corrections: a further click on a computed lesion redoes only its neighbourhood.
+
+- A **positive** click adds the structure that the seed's box search finds at it (on the lesion's crop)
+  to its slice, then follows that structure to the neighbouring slices, adding it to the lesion's masks.
+  It stays within the lesion's slices, except on the side where the click lies past the lesion's end:
+  there it goes on at most ``correction_extend_mm`` past the click. It only adds voxels.
+- A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
+  leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
+  slices from that mask. It only removes voxels. A click slice left empty ends the lesion there, on the
+  side away from the slice the lesion was found on.
+
+Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
+or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
+predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ProMISeLib.walk.context import Voxel, WalkContext
+from ProMISeLib.walk.masks import SliceMasks, component_at, iou
+from ProMISeLib.walk.seed import search
+from ProMISeLib.walk.step import step
+from ProMISeLib.walk.stop import stop_reason
+
+
+def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
+            negatives: list[Voxel]) -> SliceMasks:
+    """``lesion`` refined by one more click (a new SliceMasks; ``lesion`` is not changed).
+
+    ``negatives`` are the negative clicks applied to this lesion so far (this one included); they move
+    box sides on their slices.
+    """
+    s = ctx.settings
+    k, j, i = click_kji
+    crop, old = lesion.crop, lesion.masks
+    click_ji = (j - crop.j0, i - crop.i0)
+    result = SliceMasks(crop=crop, masks=dict(old), stops=list(lesion.stops), start_k=lesion.start_k,
+                        reference=lesion.reference)
+    depth = ctx.volume.shape[0]
+    if positive:
+        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=False)  # the seed's search
+        if not found.any() or score < s.min_seed_score:
+            nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
+            disk = np.zeros_like(nearest)
+            radius = max(1, ctx.radius_px())
+            disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
+                 max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
+            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=False)
+        if found is None or not found.any():
+            ctx.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
+            return lesion
+        result.masks[k] = found | old[k] if k in old else found
+        follow, largest = found, int(found.sum())
+        extend = max(1, int(np.ceil(s.correction_extend_mm / ctx.slice_mm)))  # past a click beyond an end
+        lo = max(0, k - extend) if k < min(old) else min(old)
+        hi = min(depth - 1, k + extend) if k > max(old) else max(old)
+    else:
+        new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
+        if new is not None:
+            new = new & old[k]
+            if new[click_ji]:  # no candidate left the click out: cut its component out by hand
+                new = new & ~component_at(new, click_ji)
+        if new is None or not new.any():  # nothing left on the click's slice: the lesion ends there
+            side = np.sign(k - lesion.start_k)
+            for b in [b for b in old if side == 0 or (b - k) * side >= 0]:
+                del result.masks[b]
+            result.stops.append(f"the negative click on slice {k} removed the lesion from there on")
+            return result
+        result.masks[k] = new
+        follow, largest = new, max(int(m.sum()) for m in old.values())
+        lo, hi = min(old), max(old)
+    for direction in (1, -1):
+        towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
+        previous, kk = follow, k + direction
+        while lo <= kk <= hi and not (towards_start and kk == lesion.start_k):
+            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False)
+            if not positive and mask is not None:
+                mask = mask & old[kk]
+            reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, lesion.reference)
+            if reason:  # the rest stays as it was
+                result.stops.append(f"refinement at slice {k} stopped at slice {kk}: {reason}")
+                break
+            merged = mask | old[kk] if positive and kk in old else mask
+            result.masks[kk] = merged
+            if kk in old and iou(merged, old[kk]) >= s.correction_agreement:
+                break  # back on the lesion's own masks: the rest stays
+            if positive:
+                largest = max(largest, int(mask.sum()))
+            previous, kk = mask, kk + direction
+    return result

@@ -1,0 +1,90 @@
+"""From the clicks of one call to the lesions: new lesions, and corrections of remembered ones.
+
+Box-prompted models remember the lesions of the current volume (:class:`~ProMISeLib.walk.memory.LesionMemory`):
+a call with one more click applies just that click to the lesions of the earlier call. Point-prompted
+models get every click as a point prompt on its slice, and each call starts afresh.
+"""
+
+from __future__ import annotations
+
+from ProMISeLib.walk.context import ProgressFn, Voxel, WalkContext
+from ProMISeLib.walk.correct import correct
+from ProMISeLib.walk.masks import SliceMasks
+from ProMISeLib.walk.memory import LesionMemory
+from ProMISeLib.walk.planes import orthogonal_extents
+from ProMISeLib.walk.propagate import propagate
+from ProMISeLib.walk.seed import seed
+
+
+def new_lesion(ctx: WalkContext, click: Voxel, positives: list[Voxel], negatives: list[Voxel]) -> SliceMasks:
+    """Seed search at the click, the orthogonal extent, and the walk through the lesion."""
+    crop, seed_mask, score = seed(ctx, click, positives, negatives)
+    # The learned prompter alone walks to its own end; the rules and the fused prompts read the planes.
+    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused)
+    extents = orthogonal_extents(ctx, click) if use_extents else None
+    lesion = propagate(ctx, click[0], crop, seed_mask, positives, negatives, extents=extents)
+    if score < 0.5:
+        lesion.stops.insert(0, f"weak result: the model's confidence at the click is {score:.2f}")
+    return lesion
+
+
+def lesions_afresh(ctx: WalkContext, positives: list[Voxel], negatives: list[Voxel],
+                   progress: ProgressFn | None = None) -> list[SliceMasks]:
+    """One lesion per positive click not inside an earlier one, every click prompting every step."""
+    lesions: list[SliceMasks] = []
+    for index, click in enumerate(positives):
+        if any(lesion.contains(click) for lesion in lesions):
+            continue  # already inside a lesion found from an earlier click: used as a point prompt
+        if progress:
+            progress(0.05, f"finding the lesion at click {index + 1}")
+        lesions.append(new_lesion(ctx, click, positives, negatives))
+    return lesions
+
+
+def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxel], negatives: list[Voxel],
+                    progress: ProgressFn | None = None) -> list[SliceMasks]:
+    """The lesions of the clicks applied one at a time, from the longest run of them already remembered.
+
+    The clicks are applied in order: those of the remembered run first, as they were applied then, and
+    the new ones after them, the positive ones before the negative ones. A positive click inside a lesion
+    changes nothing; one within a lesion's crop and ``correction_reach`` slices corrects it; any other
+    seeds a new lesion. A negative click corrects each lesion it is inside. So the same clicks again cost
+    nothing, and one more click costs its neighbourhood only.
+    """
+    clicks = [("+", *c) for c in positives] + [("-", *c) for c in negatives]
+    key, lesions = memory.longest(clicks)
+    remaining = list(clicks)
+    for click in key:
+        remaining.remove(click)
+    applied = [tuple(c[1:]) for c in key if c[0] == "-"]  # the negative clicks so far move box sides
+    for click in remaining:
+        voxel, positive = tuple(click[1:]), click[0] == "+"
+        if not positive:
+            applied.append(voxel)
+        lesions = apply_click(ctx, lesions, voxel, positive, applied, progress)
+        key = key + (click,)
+        memory.put(key, lesions)
+    return list(lesions)
+
+
+def apply_click(ctx: WalkContext, lesions: list[SliceMasks], click: Voxel, positive: bool, negatives: list[Voxel],
+                progress: ProgressFn | None = None) -> list[SliceMasks]:
+    """``lesions`` after one more click (a new list; the lesions themselves are never changed)."""
+    lesions = list(lesions)
+    if positive:
+        if any(lesion.contains(click) for lesion in lesions):
+            return lesions
+        reach = ctx.settings.correction_reach
+        owner = next((n for n, lesion in enumerate(lesions) if lesion.reaches(click, reach)), None)
+        if owner is None:
+            if progress:
+                progress(0.05, "finding the lesion at the click")
+            return lesions + [new_lesion(ctx, click, [click], negatives)]
+        targets = [owner]
+    else:
+        targets = [n for n, lesion in enumerate(lesions) if lesion.contains(click)]
+    for n in targets:
+        if progress:
+            progress(0.05, f"refining with a {'positive' if positive else 'negative'} click")
+        lesions[n] = correct(ctx, lesions[n], click, positive, negatives)
+    return lesions

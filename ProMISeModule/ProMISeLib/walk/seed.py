@@ -1,0 +1,73 @@
+"""Stage 1-2 of the walk: find the lesion at the click, then re-crop around it.
+
+The box search runs on the click's slice in a wide context crop (``context_mm``). The crop is then
+re-centred on the chosen lesion and sized to a few lesion diameters (``crop_to_lesion``), so the lesion
+is large in the model's 256 px input, and the lesion's box is decoded again there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ProMISeLib.errors import EmptySegmentationError
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.walk.context import Voxel, WalkContext
+from ProMISeLib.walk.masks import box_of, component_at
+from ProMISeLib.walk.search import best_at_click
+
+
+def search(ctx: WalkContext, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives,
+           verify: bool = True) -> tuple[np.ndarray, float]:
+    """The box search at a voxel of slice k, in ``crop``: the best candidate (crop mask) and its score."""
+    embedding = ctx.embedding(k, crop)
+    points, labels = ctx.prompt_points(k, crop, positives, negatives)
+    return best_at_click(ctx, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0), ctx.pixel_mm,
+                         lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify)
+
+
+def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[CropWindow, np.ndarray, float]:
+    """Find the lesion at the click; return the ROI crop, its crop mask and a score (0-1)."""
+    k, j, i = click_kji
+    s = ctx.settings
+    rows, cols = ctx.volume.shape[1:]
+    side = int(min(max(rows, cols), max(s.min_crop_px, round(s.context_mm / ctx.pixel_mm))))
+    crop = CropWindow.around((j, i), side, snap=s.crop_snap)
+    if np.ptp(crop.extract(ctx.volume[k])) < 1e-3:
+        raise EmptySegmentationError("the image is uniform around the click: there is nothing to segment")
+    mask, score = search(ctx, k, (j, i), crop, positives, negatives)
+    if not mask.any() or score < s.min_seed_score:
+        raise EmptySegmentationError(
+            "no structure found at the click; click nearer the centre of the lesion or add a positive point"
+        )
+    box = box_of(mask)
+    diameter = max(box[2] - box[0], box[3] - box[1])
+    new_side = int(max(s.min_crop_px, round(diameter * s.crop_to_lesion)))
+    if new_side < 0.8 * side:
+        centre = ((box[1] + box[3]) / 2 + crop.j0, (box[0] + box[2]) / 2 + crop.i0)
+        roi = CropWindow.around(centre, new_side)
+        offset_box = box + np.array([crop.i0 - roi.i0, crop.j0 - roi.j0] * 2, dtype=np.float32)
+        refined, refined_score = _refine(ctx, k, (j, i), roi, offset_box, positives, negatives)
+        if refined.any():
+            return roi, refined, refined_score
+        ctx.messages.append("the tighter ROI lost the lesion; kept the wide crop")
+    return crop, mask, score
+
+
+def _refine(ctx: WalkContext, k: int, click_ji, crop: CropWindow, box: np.ndarray, positives, negatives):
+    """Decode a known box on a new crop, iterating to the box's fixed point (twice at most)."""
+    s = ctx.settings
+    embedding = ctx.embedding(k, crop)
+    cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
+    points, labels = ctx.prompt_points(k, crop, positives, negatives)
+    margin_box = box + np.array([-1, -1, 1, 1], np.float32) * (
+        np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.box_margin + s.box_margin_px)
+    mask, score = np.zeros((crop.side, crop.side), bool), 0.0
+    for _ in range(2):
+        margin_box = ctx.exclude(margin_box, k, crop, negatives)[0]
+        out = ctx.predictor.decode(embedding, crop.side, margin_box[None], points, labels)
+        component = component_at(out.masks[0], (cj, ci), ctx.radius_px(), s.fill_holes)
+        if not component.any():
+            break
+        mask, score = component, float(out.iou[0])
+        margin_box = box_of(mask, s.box_margin, s.box_margin_px)
+    return mask, score

@@ -1,0 +1,28 @@
+"""Stage 4, the stop rules: where the lesion ends along the walk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.walk.context import WalkContext
+
+
+def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | None, score: float,
+                previous: np.ndarray, largest: int, reference: tuple[float, float]) -> str | None:
+    """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None."""
+    s = ctx.settings
+    if mask is None or mask.sum() < s.min_area_fraction * largest:
+        return "mask vanished"
+    if mask.sum() > s.max_growth * previous.sum():
+        return "mask grew abruptly"
+    if score < s.min_score:
+        return "low model confidence"
+    if abs(float(crop.extract(ctx.volume[k])[mask].mean()) - reference[0]) > s.intensity_z * reference[1]:
+        return "intensity no longer matches the lesion"
+    return None
+
+
+def beyond_extent(ctx: WalkContext, k: int, limit: int | None, direction: int) -> bool:
+    """Whether slice k is past the farthest slice the orthogonal planes reach on this side (and its slack)."""
+    return limit is not None and (k - limit) * direction > ctx.settings.orthogonal_tolerance

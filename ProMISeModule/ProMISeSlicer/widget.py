@@ -1,0 +1,449 @@
+"""The ProMISe panel (Qt): inputs, the target segment, Segment/Cancel/Undo, progress and the worker's state.
+
+The engine runs on the logic's worker thread (:mod:`.worker`); a ``qt.QTimer`` (:mod:`.poller`) applies
+results on the main thread. Segment and Undo are disabled while a run is in progress; a point placed or
+moved during a run is queued (only the latest) and runs next. Points are routed to the target segment
+(:mod:`.routing`): a new point refines it, "New lesion" starts another.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import qt
+import slicer
+import vtk
+from ProMISeLib.errors import ProMISeError
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from .logic import ATTR_ROI_SEGMENT, ProMISeModuleLogic
+from .models_panel import ModelsPanel
+from .poller import ensurePolling
+from .routing import PromptSession, color_point_list, make_point_list
+from .worker import CANCELLED, DONE, Job
+
+DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+RUNTIMES = (("auto", "Auto (ONNX Runtime on CPU)"), ("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
+PROMPTS = (("auto", "Auto"), ("fused", "Fused (rules ranked by the network)"), ("learned", "Learned"),
+           ("heuristic", "Rule-based"))
+#: Keyboard shortcuts while the module is shown: place a positive point, a negative point, segment, new lesion.
+SHORTCUTS = (("Alt+P", "placePositive"), ("Alt+N", "placeNegative"), ("Alt+S", "onSegmentButton"),
+             ("Alt+L", "onNewLesionButton"))
+
+
+@parameterNodeWrapper
+class ProMISeModuleParameterNode:
+    """The panel's state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    positivePoints: vtkMRMLMarkupsFiducialNode
+    negativePoints: vtkMRMLMarkupsFiducialNode
+    boxRoi: vtkMRMLMarkupsROINode
+    outputSegmentation: vtkMRMLSegmentationNode
+    model: str = ""
+    device: str = "auto"
+    runtime: str = "auto"
+    prompts: str = "auto"
+    autoUpdate: bool = True
+
+
+class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs, target segment, model/prompts/device/runtime, Segment/Cancel/Undo, progress, models."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.session = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedPoints = []
+        self._shortcuts = []
+        self._dependenciesReady = False
+        self._downloadCancelled = False
+
+    # --- set-up -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProMISeModule.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = ProMISeModuleLogic.shared()
+        self.session = PromptSession(self.logic)
+        self.logic.runner.listeners.append(self.onRunnerChanged)
+
+        for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
+            placeWidget.setMRMLScene(slicer.mrmlScene)
+            placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        for device, text in DEVICES:
+            self.ui.deviceComboBox.addItem(text, device)
+        for runtime, text in RUNTIMES:
+            self.ui.runtimeComboBox.addItem(text, runtime)
+        for prompts, text in PROMPTS:
+            self.ui.promptsComboBox.addItem(_(text), prompts)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.positivePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPointsNodeChanged)
+        self.ui.negativePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onPointsNodeChanged)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.populateTargets)
+        self.ui.targetSegmentComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
+        self.ui.newLesionButton.connect("clicked(bool)", self.onNewLesionButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.runtimeComboBox.connect("currentIndexChanged(int)", self.onRuntimeChanged)
+        self.ui.promptsComboBox.connect("currentIndexChanged(int)", self.onPromptsChanged)
+        self.ui.modelsTable.connect("itemSelectionChanged()", self.updateModelNotes)
+        self.ui.addCheckpointButton.connect("clicked(bool)", self.onAddCheckpointButton)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
+        self.ui.cancelDownloadButton.connect("clicked(bool)", self.onCancelDownloadButton)
+        self.ui.removeModelsButton.connect("clicked(bool)", self.onRemoveModelsButton)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
+
+        self.populateModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._unobservePoints()
+        self._removeShortcuts()
+        if self.logic is not None and self.onRunnerChanged in self.logic.runner.listeners:
+            self.logic.runner.listeners.remove(self.onRunnerChanged)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self._installShortcuts()
+
+    def exit(self) -> None:
+        self._removeShortcuts()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
+            placeWidget.setPlaceModeEnabled(False)
+
+    def _installShortcuts(self) -> None:
+        if self._shortcuts:
+            return
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is None:
+            return
+        for keys, method in SHORTCUTS:
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), mainWindow)
+            shortcut.connect("activated()", getattr(self, method))
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+        self._shortcuts = []
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+        self.logic.requestCancel()
+        self.logic.undoStack.clear()
+        self.session.setTarget(None, None)
+        if not self.logic.busy:
+            self.logic.releaseSegmenter()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(ProMISeModuleParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = volume
+        self.ensurePointList("positive")
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self._selectComboData(self.ui.modelComboBox, self._parameterNode.model)
+            self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+            self._selectComboData(self.ui.runtimeComboBox, self._parameterNode.runtime)
+            self._selectComboData(self.ui.promptsComboBox, self._parameterNode.prompts)
+            self.updateModelNotes()
+            self.syncRunOptions()
+        self.onPointsNodeChanged()
+        self.populateTargets()
+        self.updateButtons()
+
+    # --- small helpers --------------------------------------------------------------------------
+    @staticmethod
+    def _selectComboData(combo, data) -> None:
+        if not data:
+            return
+        index = combo.findData(data)
+        if index >= 0:
+            combo.currentIndex = index
+
+    def setStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet("color: #c0392b;" if error else "")
+        slicer.util.showStatusMessage(text, 5000)
+
+    def ensurePointList(self, role: str):
+        """The positive or negative point list, made (green or red) when there is none yet."""
+        node = self._parameterNode
+        if node is None:
+            return None
+        name = "positivePoints" if role == "positive" else "negativePoints"
+        points = getattr(node, name)
+        if points is None:
+            title = _("ProMISe object") if role == "positive" else _("ProMISe background")
+            points = make_point_list(slicer.mrmlScene, title, role)
+            setattr(node, name, points)
+            selector = self.ui.positivePointsSelector if role == "positive" else self.ui.negativePointsSelector
+            selector.setCurrentNode(points)
+            self.onPointsNodeChanged()
+        return points
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self.logic is not None and self.logic.busy  # the runner sets busy before it calls this
+        node = self._parameterNode
+        points = node.positivePoints if node else None
+        hasPoints = bool(points and points.GetNumberOfControlPoints()) or bool(node and node.boxRoi)
+        ready = bool(node and node.inputVolume and hasPoints)
+        self.ui.segmentButton.enabled = ready and not running
+        self.ui.segmentButton.toolTip = (
+            _("Segment the object under each fiducial (Alt+S).") if ready
+            else _("Select a volume and place a fiducial first.")
+        )
+        self.ui.cancelButton.enabled = running
+        self.ui.undoButton.enabled = not running and self.logic is not None and self.logic.canUndo()
+        self.ui.newLesionButton.enabled = bool(node and node.inputVolume)
+        self.ui.positivePlaceWidget.setCurrentNode(node.positivePoints if node else None)
+        self.ui.negativePlaceWidget.setCurrentNode(node.negativePoints if node else None)
+
+    # --- the target segment -------------------------------------------------------------------
+    def outputSegmentation(self):
+        node = self._parameterNode
+        if node is None:
+            return None
+        if node.outputSegmentation is not None:
+            return node.outputSegmentation
+        return self.logic.findSegmentationFor(node.inputVolume) if node.inputVolume else None
+
+    def populateTargets(self, caller=None) -> None:
+        """List the output segmentation's segments as targets, keeping the session's target selected."""
+        combo = self.ui.targetSegmentComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("(new lesion on the next point)"), "")
+        segmentationNode = self.outputSegmentation()
+        if segmentationNode is not None:
+            segmentation = segmentationNode.GetSegmentation()
+            for n in range(segmentation.GetNumberOfSegments()):
+                combo.addItem(segmentation.GetNthSegment(n).GetName(), segmentation.GetNthSegmentID(n))
+        targetNode, targetId = self.session.target() if self.session else (None, None)
+        if targetNode is not segmentationNode:
+            targetId = None
+            if self.session is not None:
+                self.session.setTarget(segmentationNode, None)
+        self._selectComboData(combo, targetId or "")
+        if not targetId:
+            combo.currentIndex = 0
+        combo.blockSignals(False)
+
+    def onTargetChanged(self, index=None) -> None:
+        segmentId = self.ui.targetSegmentComboBox.currentData or None
+        try:
+            self.session.setTarget(self.outputSegmentation(), segmentId)
+        except ProMISeError as error:
+            self.setStatus(str(error), error=True)
+            self.populateTargets()
+
+    def onNewLesionButton(self) -> None:
+        """Start a new lesion: an empty segment that the next points refine."""
+        node = self._parameterNode
+        if node is None or self.logic.busy:
+            return
+        try:
+            segmentId = self.session.newLesion(node.inputVolume, node.outputSegmentation)
+        except ProMISeError as error:
+            self.setStatus(str(error), error=True)
+            return
+        segmentationNode, _unused = self.session.target()
+        if node.outputSegmentation is None:
+            node.outputSegmentation = segmentationNode
+        self.populateTargets()
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        self.setStatus(_("New lesion {name}: place a point on it.").format(name=name))
+        self.placePositive()
+
+    def placePositive(self) -> None:
+        self.ensurePointList("positive")
+        self.ui.positivePlaceWidget.setCurrentNode(self._parameterNode.positivePoints)
+        self.ui.positivePlaceWidget.setPlaceModeEnabled(True)
+
+    def placeNegative(self) -> None:
+        self.ensurePointList("negative")
+        self.ui.negativePlaceWidget.setCurrentNode(self._parameterNode.negativePoints)
+        self.ui.negativePlaceWidget.setPlaceModeEnabled(True)
+
+    # --- segmentation on the worker -----------------------------------------------------------
+    def onRunnerChanged(self) -> None:
+        """The worker's state changed (busy, progress, a result applied): refresh progress and buttons."""
+        running = self.logic.busy
+        fraction, message = self.logic.runner.progress
+        self.ui.progressBar.visible = running
+        self.ui.progressBar.value = int(round(100 * fraction)) if running else 0
+        if running and message:
+            self.ui.statusLabel.text = message
+        for widget in (self.ui.settingsCollapsibleButton, self.ui.modelsCollapsibleButton):
+            widget.enabled = not running
+        self.updateButtons()
+
+    def onSegmentButton(self) -> None:
+        self.runSegmentation()
+
+    def runSegmentation(self, pointIndices=None, segmentIds=None) -> str:
+        """Run on the worker: "started", "queued" (behind the running job) or "" when nothing was submitted."""
+        node = self._parameterNode
+        if node is None:
+            return ""
+        if not self.ensureDependencies() or not self.ensureModel(self.currentModel()):
+            return ""
+        self.syncRunOptions()
+        logic = self.logic
+
+        def prepare():
+            _target, targetId = self.session.target()
+            if node.boxRoi is not None and targetId and not node.boxRoi.GetAttribute(ATTR_ROI_SEGMENT):
+                node.boxRoi.SetAttribute(ATTR_ROI_SEGMENT, targetId)  # the box prompts the target segment
+            return logic.prepareRun(
+                node.inputVolume, node.positivePoints, node.outputSegmentation, node.negativePoints,
+                pointIndices=pointIndices, roiNode=node.boxRoi, segmentIds=segmentIds, **logic.runOptions)
+
+        state = logic.runner.submit(Job(prepare, logic.computeRun, logic.applyRun, self.onRunFinished,
+                                        description=_("Starting ProMISe...")))
+        if state == "queued":
+            self.ui.statusLabel.text = _("Queued: runs when the current segmentation finishes.")
+        ensurePolling(logic.runner)
+        return state
+
+    def onRunFinished(self, outcome) -> None:
+        """A run ended (main thread): show the result or the error."""
+        if outcome.status == DONE:
+            run = outcome.value
+            self._parameterNode.outputSegmentation = run.segmentationNode
+            self.setStatus(run.summary(), error=False)
+            self.populateTargets()
+        elif outcome.status == CANCELLED:
+            self.setStatus(_("Cancelled; nothing was changed."))
+        elif isinstance(outcome.error, ProMISeError):
+            self.setStatus(str(outcome.error), error=True)
+        else:
+            text = _("Segmentation failed: {error}").format(error=outcome.error)
+            self.setStatus(text, error=True)
+            slicer.util.errorDisplay(text, detailedText=outcome.details or traceback.format_exc())
+
+    def onCancelButton(self) -> None:
+        self.logic.requestCancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onUndoButton(self) -> None:
+        try:
+            description = self.logic.undo()
+        except ProMISeError as error:
+            self.setStatus(str(error), error=True)
+        else:
+            self.setStatus(_("Undone: {what}").format(what=description))
+            self.populateTargets()
+        self.updateButtons()
+
+    # --- points: routing and automatic re-run -----------------------------------------------------
+    def _unobservePoints(self) -> None:
+        for observed, tag in self._observedPoints:
+            observed.RemoveObserver(tag)
+        self._observedPoints = []
+
+    def onPointsNodeChanged(self, node=None) -> None:
+        self._unobservePoints()
+        for role, selector in (("positive", self.ui.positivePointsSelector),
+                               ("negative", self.ui.negativePointsSelector)):
+            points = selector.currentNode()
+            if points is None:
+                continue
+            color_point_list(points, role)
+
+            def placed(caller, event, role=role):
+                self.onPointPlaced(caller, role)
+
+            def moved(caller, event, role=role):
+                self.onPointsEdited(caller, role)
+
+            self._observedPoints.append((points, points.AddObserver(points.PointPositionDefinedEvent, placed)))
+            self._observedPoints.append((points, points.AddObserver(points.PointEndInteractionEvent, moved)))
+            self._observedPoints.append((points, points.AddObserver(points.PointRemovedEvent, self.updateButtons)))
+        self.updateButtons()
+
+    def onPointPlaced(self, points, role: str) -> None:
+        """A control point was placed: route it to the target segment, then refine that segment."""
+        index = points.GetNumberOfControlPoints() - 1
+        if index < 0:
+            return
+        node = self._parameterNode
+        try:
+            self.session.routePoint(points, index, role, node.inputVolume if node else None)
+        except ProMISeError as error:
+            self.setStatus(str(error), error=True)
+            return
+        segmentationNode, _unused = self.session.target()
+        if node is not None and node.outputSegmentation is None and segmentationNode is not None:
+            node.outputSegmentation = segmentationNode
+        self.populateTargets()
+        self.onPointsEdited(points, role, index)
+
+    def onPointsEdited(self, points=None, role: str = "positive", index: int | None = None) -> None:
+        """A point was placed or moved: with "update automatically", re-run its segment (queued if busy)."""
+        self.updateButtons()
+        node = self._parameterNode
+        if node is None or not node.autoUpdate or not self._dependenciesReady or points is None:
+            return
+        from .nodes import point_segment_id
+
+        if index is None:
+            index = self._movedIndex(points)
+        segmentId = point_segment_id(points, index) if index is not None and index >= 0 else None
+        if segmentId is not None:
+            self.runSegmentation(segmentIds=[segmentId])
+        elif role == "positive" and index is not None and index >= 0:
+            self.runSegmentation(pointIndices=[index])
+        else:
+            self.runSegmentation()  # an unrouted background point: every segment
+
+    @staticmethod
+    def _movedIndex(points) -> int | None:
+        """The control point being moved (the markups display node's active point), if known."""
+        display = points.GetDisplayNode()
+        if display is not None and hasattr(display, "GetActiveControlPoint"):
+            active = display.GetActiveControlPoint()
+            if 0 <= active < points.GetNumberOfControlPoints():
+                return active
+        return None
+

@@ -1,0 +1,1 @@
+"""Training and evaluation of ProMISe's learned parts (not shipped with the Slicer extension)."""
