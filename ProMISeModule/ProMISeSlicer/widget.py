@@ -25,6 +25,7 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from . import install
 from .logic import ATTR_ROI_SEGMENT, ProMISeModuleLogic
 from .models_panel import ModelsPanel
 from .poller import ensurePolling
@@ -117,6 +118,10 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
 
         self.populateModels()
         self.initializeParameterNode()
+        self.unsupported = install.unsupported_reason()  # Python < 3.10 or Slicer < 5.10: say so, never fail later
+        if self.unsupported:
+            self.setStatus(self.unsupported, error=True)
+            self.updateButtons()
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -227,7 +232,7 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         node = self._parameterNode
         points = node.positivePoints if node else None
         hasPoints = bool(points and points.GetNumberOfControlPoints()) or bool(node and node.boxRoi)
-        ready = bool(node and node.inputVolume and hasPoints)
+        ready = bool(node and node.inputVolume and hasPoints) and not getattr(self, "unsupported", None)
         self.ui.segmentButton.enabled = ready and not running
         self.ui.segmentButton.toolTip = (
             _("Segment the object under each fiducial (Alt+S).") if ready

@@ -608,3 +608,18 @@ def test_add_checkpoint_button_adds_the_chosen_file(private_cache, widget, modul
     _select_model(widget, module, "sam_vit_b")  # a downloadable model is never "added"
     widget.onAddCheckpointButton()
     assert len(added) == 2 and "use Download" in ui.statusLabel.text
+
+
+def test_an_unsupported_slicer_is_said_at_load_and_segment_stays_off(module, monkeypatch):
+    """Slicer 5.8 (Python 3.9) can't run the engine: the panel says so when it opens, not at the first Segment."""
+    from ProMISeSlicer import install
+
+    monkeypatch.setattr(install, "unsupported_reason", lambda *a, **k: "ProMISe needs Slicer 5.10 or newer")
+    panel = module.module.ProMISeModuleWidget()
+    panel.setup()
+    parameters = panel._parameterNode
+    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
+    parameters.positivePoints.AddControlPoint(10.0, 10.0, 10.0)
+    panel.updateButtons()
+    assert not module.ui.segmentButton.enabled
+    assert "5.10" in module.ui.statusLabel.text

@@ -1,0 +1,98 @@
+"""The house rules of docs/architecture.md, checked: layers, no import loops, small files, few settings."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "ProMISeModule"
+PACKAGES = ("ProMISeLib", "ProMISeTrain", "ProMISeSlicer")
+#: The CLI's training commands import the training wing when they run (issue 29): the one allowed way up.
+LAZY_TRAINING_IMPORTS = {"ProMISeLib.cli"}
+
+
+def _module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(MODULE_DIR).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level) for every import of our packages in a file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in PACKAGES:
+                found.append((name, id(node) in top or _in_type_checking(tree, node)))
+    return found
+
+
+def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:
+    return any(isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test) and node in list(ast.walk(n))
+               for n in tree.body)
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, list[tuple[str, bool]]]:
+    files = {_module_name(p): p for pkg in PACKAGES for p in (MODULE_DIR / pkg).rglob("*.py")}
+    edges = {}
+    for name, path in files.items():
+        edges[name] = [(target if target in files else target.rsplit(".", 1)[0], top)
+                       for target, top in _imports(path)]
+        edges[name] = [(t, top) for t, top in edges[name] if t in files and t != name]
+    return edges
+
+
+def test_the_core_imports_neither_the_training_wing_nor_the_slicer_layer(graph):
+    for name, targets in graph.items():
+        if not name.startswith("ProMISeLib"):
+            continue
+        for target, _ in targets:
+            assert not target.startswith("ProMISeSlicer"), f"{name} imports {target}"
+            if target.startswith("ProMISeTrain"):
+                assert name in LAZY_TRAINING_IMPORTS, f"{name} imports the training wing ({target})"
+
+
+def test_module_level_imports_have_no_loops(graph):
+    def visit(node, path):
+        for target, top in graph.get(node, []):
+            if not top:
+                continue
+            if target in path:
+                cycle = path[path.index(target):] + [target]
+                # a package importing its own submodule from its __init__ is not a loop
+                pairs = zip(cycle, cycle[1:], strict=False)
+                if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in pairs):
+                    raise AssertionError(" -> ".join(cycle))
+                continue
+            visit(target, path + [target])
+
+    for start in graph:
+        visit(start, [start])
+
+
+def test_no_core_file_is_over_400_lines():
+    long = {str(p.relative_to(MODULE_DIR)): n for p in (MODULE_DIR / "ProMISeLib").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long
+
+
+def test_the_walk_has_at_most_25_settings_each_with_its_meaning():
+    from ProMISeLib.walk.settings import PropagationSettings
+
+    fields = dataclasses.fields(PropagationSettings)
+    assert len(fields) <= 25
+    source = (MODULE_DIR / "ProMISeLib" / "walk" / "settings.py").read_text().splitlines()
+    for field in fields:
+        line = next(s for s in source if s.strip().startswith(f"{field.name}:"))
+        assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"{field.name} has no one-line meaning"
