@@ -28,14 +28,28 @@ def _point(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _box(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 6:
+        raise argparse.ArgumentTypeError(f"expected X1,Y1,Z1,X2,Y2,Z2 (six numbers), got {text!r}")
+    return values[:3], values[3:]  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promise", description="One-click 3D lesion segmentation with a frozen SAM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment the lesion at one or more clicks")
     seg.add_argument("image", help="image file (NRRD, NIfTI, ...) or DICOM folder")
-    seg.add_argument("--point", action="append", type=_point, required=True, metavar="X,Y,Z",
-                     help="positive click (repeatable)")
+    seg.add_argument("--point", action="append", type=_point, default=[], metavar="X,Y,Z",
+                     help="positive click (repeatable; not needed with --box)")
+    seg.add_argument("--box", type=_box, default=None, metavar="X1,Y1,Z1,X2,Y2,Z2",
+                     help="box prompt: two opposite corners in --space (inclusive voxel indices with ijk); "
+                          "bounds the result, and combines with --point and --negative")
     seg.add_argument("--negative", action="append", type=_point, default=[], metavar="X,Y,Z",
                      help="negative click (repeatable)")
     seg.add_argument("--space", choices=SPACES, default="lps",
@@ -170,18 +184,23 @@ def _run_segment(args: argparse.Namespace) -> int:
     from ProMISeLib.io.volumes import check_writable, read_image, write_mask
 
     output = check_writable(args.output)
+    if not args.point and args.box is None:
+        raise InvalidInputError("give at least one --point or a --box")
     volume, geometry = read_image(args.image)
-    # Validate every click before any model work, so bad input fails fast.
-    geometry.to_voxel_kji(np.asarray(args.point), args.space)
+    # Validate every prompt before any model work, so bad input fails fast.
+    if args.point:
+        geometry.to_voxel_kji(np.asarray(args.point), args.space)
     if args.negative:
         geometry.to_voxel_kji(np.asarray(args.negative), args.space)
+    if args.box is not None:
+        geometry.box_to_voxels_kji(np.asarray(args.box), args.space)
     segmenter = Segmenter(model=args.model, device=args.device, weights=args.weights, runtime=args.runtime,
                           onnx_dir=args.onnx_dir, precision=args.precision, prompts=args.prompts,
                           prompter_weights=args.prompter_weights)
     progress = _Progress()
     try:
-        result = segmenter.segment(volume, geometry, args.point, args.negative, space=args.space,
-                                   modality=args.modality, progress=progress)
+        result = segmenter.segment(volume, geometry, args.point or None, args.negative, space=args.space,
+                                   modality=args.modality, progress=progress, box=args.box)
     finally:
         progress.close()
     write_mask(output, result.mask, geometry, segment_name=args.name)
@@ -333,7 +352,7 @@ def _attach_negative_values(argv: Sequence[str]) -> list[str]:
     while index < len(tokens):
         token = tokens[index]
         following = tokens[index + 1] if index + 1 < len(tokens) else ""
-        if token in ("--point", "--negative") and following[:1] == "-" and (following[1:2].isdigit()
+        if token in ("--point", "--negative", "--box") and following[:1] == "-" and (following[1:2].isdigit()
                                                                              or following[1:2] == "."):
             out.append(f"{token}={following}")
             index += 2

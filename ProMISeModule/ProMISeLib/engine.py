@@ -200,15 +200,17 @@ class Segmenter:
             self._normalised = None
         return normalised, used
 
-    def segment(self, volume: np.ndarray, geometry: ImageGeometry, points: Sequence[Sequence[float]],
+    def segment(self, volume: np.ndarray, geometry: ImageGeometry, points: Sequence[Sequence[float]] | None = None,
                 negative_points: Sequence[Sequence[float]] | None = None, space: Space = "lps",
                 modality: Modality = "auto", progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None) -> SegmentationResult:
-        """Segment the lesion at ``points`` (positive clicks) in a (K, J, I) ``volume``.
+                cancel: CancelFn | None = None, box: Sequence[Sequence[float]] | None = None) -> SegmentationResult:
+        """Segment the lesion at ``points`` (positive clicks) and/or in ``box`` in a (K, J, I) ``volume``.
 
-        Points are in ``space`` ('lps', 'ras' or 'ijk'). Raises PointOutsideImageError for a
-        click outside the image, EmptySegmentationError when nothing is found, and
-        SegmentationCancelled when ``cancel()`` turns true.
+        Points are in ``space`` ('lps', 'ras' or 'ijk'). ``box`` is two opposite corners in ``space``, an
+        axis-aligned box there (inclusive voxel indices with 'ijk'): a complete prompt on its own, it bounds
+        the result in all three axes, and clicks refine it. Raises PointOutsideImageError for a click or box
+        outside the image, EmptySegmentationError when nothing is found, and SegmentationCancelled when
+        ``cancel()`` turns true.
 
         For box-prompted models the segmenter remembers the lesions of the current volume (the same
         array object): call it again with one more click, positive or negative, and only that
@@ -218,10 +220,13 @@ class Segmenter:
         volume = validate_volume(np.asarray(volume))
         if volume.shape != geometry.shape_kji:
             raise InvalidInputError(f"array shape {volume.shape} does not match the geometry {geometry.shape_kji}")
-        if points is None or len(points) == 0:
-            raise InvalidInputError("at least one positive point is needed")
+        if (points is None or len(points) == 0) and box is None:
+            raise InvalidInputError("at least one positive point or a box is needed")
         positives = _voxels(geometry, points, space)
         negatives = _voxels(geometry, negative_points, space)
+        bounds = geometry.box_to_voxels_kji(np.asarray(box, float), space) if box is not None else None
+        if bounds is not None and (self.spec.kind == VOLUME3D or self.spec.point_prompts):
+            raise InvalidInputError(f"{self.spec.name} takes no box prompt; use a box-prompted model (litemedsam)")
         if self.spec.kind == VOLUME3D:
             return self._segment_volume3d(volume, geometry, positives, negatives, modality, progress, cancel)
         if progress:
@@ -235,11 +240,11 @@ class Segmenter:
         settings = self.run_settings()
         ctx = WalkContext(predictor, normalised, (geometry.spacing[1], geometry.spacing[0]), geometry.spacing[2],
                           settings, progress, cancel, prompter=prompter, fused=self.resolved_prompts == "fused",
-                          plugins=self.plugins)
+                          plugins=self.plugins, bounds=bounds)
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = lesions_afresh(ctx, positives, negatives, progress)
         else:
-            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins))
+            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds))
             lesions = lesions_refined(ctx, self.memory, positives, negatives, progress)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
@@ -295,7 +300,7 @@ def _lesion_notes(lesions: list[SliceMasks], shape_kji: tuple[int, int, int]) ->
 _DEFAULT_SEGMENTERS: dict[tuple[str, str], Segmenter] = {}
 
 
-def segment(volume: np.ndarray, geometry: ImageGeometry, points: Sequence[Sequence[float]],
+def segment(volume: np.ndarray, geometry: ImageGeometry, points: Sequence[Sequence[float]] | None = None,
             negative_points: Sequence[Sequence[float]] | None = None, space: Space = "lps",
             model: str = DEFAULT_MODEL, device: str = "auto", **kwargs) -> SegmentationResult:
     """One-call API: a shared :class:`Segmenter` per (model, device) segments the clicks."""

@@ -89,7 +89,7 @@ def test_negative_click_removes_only_near_it_and_decodes_few_slices(brain, brain
     # Each candidate is decoded once (scored by its predicted IoU): the click's slice tries the propagation's
     # boxes plus the prompter's, every further slice one box plus the prompter's.
     settings = segmenter.settings
-    assert not settings.correction_verify and settings.correction_scales == (1.0,)
+    assert settings.correction_scales == (1.0,)
     budget = len(settings.propagation_scales) + 1 + 2 * (refined.decoded_slices - 1)
     assert 0 < refined.decoded_prompts <= budget
     # The same clicks again cost nothing and give the same mask.
@@ -129,19 +129,3 @@ def test_a_click_at_a_time_or_all_at_once_give_the_same_mask(brain, brain_run):
     at_once = segmenter.segment(volume, geometry, points, space="ijk", **clicks)
     assert at_once.encoded_slices == 0 and at_once.decoded_slices > step_by_step.decoded_slices
     np.testing.assert_array_equal(at_once.mask, step_by_step.mask)
-
-
-@pytest.mark.slow
-def test_positive_click_past_the_end_extends_a_bounded_distance(brain, brain_run):
-    volume, geometry, truth = brain
-    segmenter, click, first = brain_run
-    mask = first.mask.astype(bool)
-    slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    k = int(slices[-1]) + 1  # just past the lesion's last slice, under its centre there
-    j, i = (int(round(v)) for v in np.argwhere(mask[slices[-1]]).mean(axis=0))
-    refined = segmenter.segment(volume, geometry, [click[::-1], (i, j, k)], space="ijk")
-    grown = refined.mask.astype(bool)
-    extend = int(np.ceil(segmenter.settings.correction_extend_mm / geometry.spacing[2]))
-    assert not (mask & ~grown).any()  # nothing removed
-    assert np.flatnonzero(grown.any(axis=(1, 2)))[-1] <= k + extend  # no further than the bound past the click
-    assert grown[k].any() or any("found no structure" in m for m in refined.messages)

@@ -154,6 +154,32 @@ class ImageGeometry:
                 )
         return voxel[:, ::-1].copy()
 
+    def box_to_voxels_kji(self, corners: np.ndarray, space: Space) -> tuple[tuple[int, int], ...]:
+        """An axis-aligned box in ``space`` (two opposite corners) to the inclusive voxel ranges
+        ((k0, k1), (j0, j1), (i0, i1)) whose centres it holds, clipped to the image.
+
+        With ``space="ijk"`` the corners are inclusive voxel indices. An oblique image's voxel ranges
+        are those of the box's eight corners. Raises PointOutsideImageError when the box misses the image.
+        """
+        corners = np.asarray(corners, dtype=float)
+        if corners.shape != (2, 3):
+            raise InvalidInputError(f"a box is two opposite corners of 3 coordinates each, got shape {corners.shape}")
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        eight = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                          for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+        index = np.atleast_2d(self.to_index(eight, space))
+        first, last = np.ceil(index.min(axis=0) - 1e-6), np.floor(index.max(axis=0) + 1e-6)
+        thin = first > last  # thinner than a voxel along that axis: the voxel at its middle
+        middle = np.floor((index.min(axis=0) + index.max(axis=0)) / 2 + 0.5)
+        first, last = np.where(thin, middle, first), np.where(thin, middle, last)
+        size = np.asarray(self.size)
+        if np.any(last < 0) or np.any(first >= size):
+            shown = " to ".join(", ".join(f"{v:g}" for v in c) for c in corners)
+            raise PointOutsideImageError(f"the box ({shown}) in {space.upper()} lies outside the image "
+                                         f"(image size {self.size})")
+        first, last = np.clip(first, 0, size - 1).astype(int), np.clip(last, 0, size - 1).astype(int)
+        return tuple((int(first[a]), int(last[a])) for a in (2, 1, 0))
+
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in millilitres."""

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 Voxel = tuple[int, int, int]
+#: A box prompt as inclusive voxel ranges ((k0, k1), (j0, j1), (i0, i1)).
+Bounds = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class WalkContext:
     prompter: LearnedPrompter | None = None
     fused: bool = False
     plugins: Sequence[WalkPlugin] = ()
+    bounds: Bounds | None = None  # the user's box: the lesion is searched for inside it only
     messages: list[str] = field(default_factory=list)
     decoded_slices: int = 0  # axial slices decoded through this context
 
@@ -61,6 +64,19 @@ class WalkContext:
         self.check_cancel()
         self.decoded_slices += 1
         return self.predictor.embed(self.volume, [k], crop)[k]
+
+    def allows(self, k: int) -> bool:
+        """Whether slice k is inside the box prompt's slices (always, without a box)."""
+        return self.bounds is None or self.bounds[0][0] <= k <= self.bounds[0][1]
+
+    def box_mask(self, crop: CropWindow) -> np.ndarray | None:
+        """The box prompt's rows and columns as a crop mask (None without a box)."""
+        if self.bounds is None:
+            return None
+        (_, _), (j0, j1), (i0, i1) = self.bounds
+        inside = np.zeros((crop.side, crop.side), dtype=bool)
+        inside[max(j0 - crop.j0, 0) : max(j1 + 1 - crop.j0, 0), max(i0 - crop.i0, 0) : max(i1 + 1 - crop.i0, 0)] = True
+        return inside
 
     def radius_px(self, pixel_mm: float | None = None) -> int:
         """``click_radius_mm`` in pixels of ``pixel_mm`` (the axial pixel by default)."""

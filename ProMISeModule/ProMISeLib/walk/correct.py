@@ -2,27 +2,42 @@
 
 - A **positive** click adds the structure that the seed's box search finds at it (on the lesion's crop)
   to its slice, then follows that structure to the neighbouring slices, adding it to the lesion's masks.
-  It stays within the lesion's slices, except on the side where the click lies past the lesion's end:
-  there it goes on at most ``correction_extend_mm`` past the click. It only adds voxels.
+  It stays within the lesion's slices, except where the click lies past the lesion's end: there the
+  lesion is reseeded at the click and the walk goes on from it, with the propagation's steps and stop
+  rules, until the lesion ends (and back to fill the gap). It only adds voxels.
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
   leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
-  slices from that mask. It only removes voxels. A click slice left empty ends the lesion there, on the
-  side away from the slice the lesion was found on.
+  slices from that mask. It only removes voxels. A click in the middle of its slice's mask (at least
+  ``CENTRAL`` of the mask's greatest depth) says the lesion is not on that slice at all: like a click slice
+  left empty, it ends the lesion there, on the side away from the slice the lesion was found on.
 
 Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
 or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
-predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding.
+predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding; a walk
+past the lesion's end scores them as the propagation does.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import SliceMasks, component_at, iou
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
+
+#: A negative click this deep in its slice's mask (a fraction of the mask's greatest depth) removes the slice.
+CENTRAL = 0.6
+
+
+def _central(mask: np.ndarray, click_ji: tuple[int, int], spacing_ji: tuple[float, float]) -> bool:
+    """Whether the click lies in the middle of its slice's mask rather than near its edge (a leak)."""
+    if not mask[click_ji]:
+        return False
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing_ji)
+    return bool(depth[click_ji] >= CENTRAL * depth.max())
 
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
@@ -39,25 +54,31 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
     result = SliceMasks(crop=crop, masks=dict(old), stops=list(lesion.stops), start_k=lesion.start_k,
                         reference=lesion.reference)
     depth = ctx.volume.shape[0]
+    outward = 0  # the direction of a walk that reseeds past the lesion's end (0: none)
     if positive:
-        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=False)  # the seed's search
+        past_end = k < min(old) or k > max(old)  # a reseed: the seed's whole search, verified
+        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=past_end)
         if not found.any() or score < s.min_seed_score:
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
             disk = np.zeros_like(nearest)
             radius = max(1, ctx.radius_px())
             disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
                  max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
-            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=False)
+            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=past_end)
         if found is None or not found.any():
             ctx.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
             return lesion
         result.masks[k] = found | old[k] if k in old else found
         follow, largest = found, int(found.sum())
-        extend = max(1, int(np.ceil(s.correction_extend_mm / ctx.slice_mm)))  # past a click beyond an end
-        lo = max(0, k - extend) if k < min(old) else min(old)
-        hi = min(depth - 1, k + extend) if k > max(old) else max(old)
+        lo, hi = min(old), max(old)
+        if k < lo:  # past the lesion's end: the walk goes on from the click until the lesion ends
+            lo, outward = 0, -1
+        elif k > hi:
+            hi, outward = depth - 1, 1
     else:
         new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
+        if k != lesion.start_k and _central(old[k], click_ji, ctx.spacing_ji):
+            new = None  # the click sits in the middle of the slice's mask: the lesion is not there at all
         if new is not None:
             new = new & old[k]
             if new[click_ji]:  # no candidate left the click out: cut its component out by hand
@@ -73,9 +94,11 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         lo, hi = min(old), max(old)
     for direction in (1, -1):
         towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
+        reseeded = direction == outward  # a new part of the lesion: the propagation's own steps and stops
         previous, kk = follow, k + direction
-        while lo <= kk <= hi and not (towards_start and kk == lesion.start_k):
-            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False)
+        while lo <= kk <= hi and ctx.allows(kk) and not (towards_start and kk == lesion.start_k):
+            mask, score = step(ctx, kk, crop, previous, [], negatives,
+                               scales=None if reseeded else s.correction_scales, verify=reseeded)
             if not positive and mask is not None:
                 mask = mask & old[kk]
             reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, lesion.reference)

@@ -13,14 +13,22 @@ from ProMISeLib.walk.masks import SliceMasks
 from ProMISeLib.walk.memory import LesionMemory
 from ProMISeLib.walk.planes import orthogonal_extents
 from ProMISeLib.walk.propagate import propagate
-from ProMISeLib.walk.seed import seed
+from ProMISeLib.walk.seed import seed, seed_from_box
+
+#: The first entry of a call's clicks when it has a box prompt: the box seeds the lesion, the clicks refine it.
+BOX = ("box", 0, 0, 0)
 
 
-def new_lesion(ctx: WalkContext, click: Voxel, positives: list[Voxel], negatives: list[Voxel]) -> SliceMasks:
-    """Seed search at the click, the orthogonal extent, and the walk through the lesion."""
-    crop, seed_mask, score = seed(ctx, click, positives, negatives)
+def new_lesion(ctx: WalkContext, click: Voxel | None, positives: list[Voxel], negatives: list[Voxel]) -> SliceMasks:
+    """Seed search at the click (or the box prompt alone, ``click=None``), the orthogonal extent, and the walk
+    through the lesion."""
+    if click is None:
+        click, crop, seed_mask, score = seed_from_box(ctx, negatives)
+    else:
+        crop, seed_mask, score = seed(ctx, click, positives, negatives)
     # The learned prompter alone walks to its own end; the rules and the fused prompts read the planes.
-    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused)
+    # A box prompt says where the lesion ends itself.
+    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused) and ctx.bounds is None
     extents = orthogonal_extents(ctx, click) if use_extents else None
     lesion = propagate(ctx, click[0], crop, seed_mask, positives, negatives, extents=extents)
     if score < 0.5:
@@ -46,12 +54,14 @@ def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxe
     """The lesions of the clicks applied one at a time, from the longest run of them already remembered.
 
     The clicks are applied in order: those of the remembered run first, as they were applied then, and
-    the new ones after them, the positive ones before the negative ones. A positive click inside a lesion
+    the new ones after them: a box prompt first (it seeds a lesion), then the positive clicks, then the
+    negative ones. A positive click inside a lesion
     changes nothing; one within a lesion's crop and ``correction_reach`` slices corrects it; any other
     seeds a new lesion. A negative click corrects each lesion it is inside. So the same clicks again cost
     nothing, and one more click costs its neighbourhood only.
     """
-    clicks = [("+", *c) for c in positives] + [("-", *c) for c in negatives]
+    clicks = [BOX] if ctx.bounds is not None else []
+    clicks += [("+", *c) for c in positives] + [("-", *c) for c in negatives]
     key, lesions = memory.longest(clicks)
     remaining = list(clicks)
     for click in key:
@@ -59,9 +69,12 @@ def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxe
     applied = [tuple(c[1:]) for c in key if c[0] == "-"]  # the negative clicks so far move box sides
     for click in remaining:
         voxel, positive = tuple(click[1:]), click[0] == "+"
-        if not positive:
-            applied.append(voxel)
-        lesions = apply_click(ctx, lesions, voxel, positive, applied, progress)
+        if click == BOX:
+            lesions = lesions + [new_lesion(ctx, None, [], applied)]
+        else:
+            if not positive:
+                applied.append(voxel)
+            lesions = apply_click(ctx, lesions, voxel, positive, applied, progress)
         key = key + (click,)
         memory.put(key, lesions)
     return list(lesions)

@@ -16,8 +16,9 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
               progress_span: tuple[float, float] = (0.1, 1.0), extents: Extents | None = None) -> SliceMasks:
     """Follow the lesion from ``start_k`` up and down; return its crop masks per slice.
 
-    Each direction ends at the first slice a stop rule (or a plug-in's ``stop``) ends, or past the
-    farthest slice the orthogonal planes reach (``extents``) plus ``orthogonal_tolerance``.
+    Each direction ends at the first slice a stop rule (or a plug-in's ``stop``) ends, past the
+    farthest slice the orthogonal planes reach (``extents``) plus ``orthogonal_tolerance``, or at the
+    box prompt's end.
     """
     s = ctx.settings
     ref_pixels = crop.extract(ctx.volume[start_k])[start_mask]
@@ -31,7 +32,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
         largest = start_mask.sum()
         k = start_k + direction
         limit = _farthest(extents, start_k, direction)
-        while 0 <= k < depth:
+        while 0 <= k < depth and ctx.allows(k):
             if beyond_extent(ctx, k, limit, direction):
                 result.stops.append(f"stopped at slice {k}: the lesion ends in the coronal/sagittal planes")
                 break
@@ -40,7 +41,8 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
             ctx.report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
             if s.encode_ahead > 0:  # the next slices encode in the background while this one decodes
                 ahead = [k + direction * n for n in range(s.encode_ahead + 1)]
-                ahead = [kk for kk in ahead if 0 <= kk < depth and not beyond_extent(ctx, kk, limit, direction)]
+                ahead = [kk for kk in ahead
+                         if 0 <= kk < depth and ctx.allows(kk) and not beyond_extent(ctx, kk, limit, direction)]
                 ctx.predictor.prefetch(ctx.volume, ahead, crop)
             mask, score = step(ctx, k, crop, previous, positives, negatives)
             reason = stop_reason(ctx, k, crop, mask, score, previous, largest, reference)

@@ -25,10 +25,11 @@ def fused_choice(candidates: list[np.ndarray], scores: list[float], coarse: np.n
 
 def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
                         exclude=None, points=None, labels=None, extra: np.ndarray | None = None,
-                        aspects: tuple[float, ...] = (1.0,), verify: bool = True
+                        aspects: tuple[float, ...] = (1.0,), verify: bool = True, inside: np.ndarray | None = None
                         ) -> tuple[list[np.ndarray], list[float]]:
     """Rule-based candidates at a click with their scores (predicted IoU x self-consistency, or the predicted
-    IoU alone without ``verify``). ``extra`` is one more box; ``aspects`` are box height/width ratios."""
+    IoU alone without ``verify``). ``extra`` is one more box; ``aspects`` are box height/width ratios;
+    ``inside`` (a crop mask: the user's box) clips every candidate."""
     s = ctx.settings
     cj, ci = click_rc
     radii = np.array(s.seed_half_sizes_mm) / pixel_mm
@@ -41,7 +42,8 @@ def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[
         boxes = exclude(boxes)
     first = ctx.predictor.decode(embedding, side, boxes, points, labels)
     radius = ctx.radius_px(pixel_mm)
-    kept = [(c, float(p)) for c, p in zip((component_at(m, (cj, ci), radius, s.fill_holes) for m in first.masks),
+    masks = first.masks if inside is None else [m & inside for m in first.masks]
+    kept = [(c, float(p)) for c, p in zip((component_at(m, (cj, ci), radius, s.fill_holes) for m in masks),
                                            first.iou, strict=True) if c.any()]
     if not kept or not verify:
         return [c for c, _ in kept], [p for _, p in kept]
@@ -56,7 +58,8 @@ def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[
 
 
 def learned_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
-                     exclude=None, points=None, labels=None) -> tuple[np.ndarray, float] | None:
+                     exclude=None, points=None, labels=None, inside: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, float] | None:
     """The learned prompter's box at a click, decoded; None when it sees nothing there."""
     s = ctx.settings
     coarse = ctx.prompter.seed(embedding, side, click_rc)
@@ -66,7 +69,8 @@ def learned_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int
     if exclude is not None:
         box = exclude(box[None])[0]
     out = ctx.predictor.decode(embedding, side, box[None], points, labels)
-    mask = component_at(out.masks[0], click_rc, ctx.radius_px(pixel_mm), s.fill_holes)
+    decoded = out.masks[0] if inside is None else out.masks[0] & inside
+    mask = component_at(decoded, click_rc, ctx.radius_px(pixel_mm), s.fill_holes)
     if not mask.any():
         return None
     return mask, float(out.iou[0])
@@ -74,7 +78,7 @@ def learned_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int
 
 def best_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
                   exclude=None, points=None, labels=None, aspects: tuple[float, ...] = (1.0,),
-                  verify: bool = True) -> tuple[np.ndarray, float]:
+                  verify: bool = True, inside: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The best candidate at a click and its score, as the prompt mode ranks them (an empty mask and 0 if none).
 
     Without ``verify`` the candidates are scored by the model's predicted IoU alone (half the decoding).
@@ -85,18 +89,18 @@ def best_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, i
         if coarse.box is not None:
             extra = coarse.box + np.array([-1, -1, 1, 1], np.float32) * ctx.settings.box_margin_px
         candidates, scores = candidates_at_click(ctx, embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                                 extra, aspects, verify)
+                                                 extra, aspects, verify, inside)
         if not candidates:
             return np.zeros((side, side), bool), 0.0
         best, score = fused_choice(candidates, scores, coarse.in_crop(side))
         return candidates[best], score
     if ctx.prompter is not None:
-        found = learned_at_click(ctx, embedding, side, click_rc, pixel_mm, exclude, points, labels)
+        found = learned_at_click(ctx, embedding, side, click_rc, pixel_mm, exclude, points, labels, inside)
         if found is not None:
             return found
         ctx.messages.append("the learned prompter found nothing at the click; used the box search")
     candidates, scores = candidates_at_click(ctx, embedding, side, click_rc, pixel_mm, exclude, points, labels,
-                                             aspects=aspects, verify=verify)
+                                             aspects=aspects, verify=verify, inside=inside)
     if not candidates:
         return np.zeros((side, side), bool), 0.0
     best = int(np.argmax(scores))

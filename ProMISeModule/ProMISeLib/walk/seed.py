@@ -8,6 +8,7 @@ is large in the model's 256 px input, and the lesion's box is decoded again ther
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ProMISeLib.errors import EmptySegmentationError
 from ProMISeLib.io.preprocess import CropWindow
@@ -22,7 +23,8 @@ def search(ctx: WalkContext, k: int, click_ji: tuple[int, int], crop: CropWindow
     embedding = ctx.embedding(k, crop)
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
     return best_at_click(ctx, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0), ctx.pixel_mm,
-                         lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify)
+                         lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify,
+                         inside=ctx.box_mask(crop))
 
 
 def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[CropWindow, np.ndarray, float]:
@@ -51,6 +53,30 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[Crop
             return roi, refined, refined_score
         ctx.messages.append("the tighter ROI lost the lesion; kept the wide crop")
     return crop, mask, score
+
+
+def seed_from_box(ctx: WalkContext, negatives) -> tuple[Voxel, CropWindow, np.ndarray, float]:
+    """The lesion in the user's box: the box itself prompts its middle slice (LiteMedSAM was trained on
+    boxes). Returns the seed voxel (the box's centre), the ROI crop, its crop mask and the model's score."""
+    s = ctx.settings
+    (k0, k1), (j0, j1), (i0, i1) = ctx.bounds
+    k = (k0 + k1) // 2
+    centre = ((j0 + j1) / 2, (i0 + i1) / 2)
+    rows, cols = ctx.volume.shape[1:]
+    side = int(min(max(rows, cols), max(s.min_crop_px, round((max(j1 - j0, i1 - i0) + 1) * s.crop_to_lesion))))
+    crop = CropWindow.around(centre, side)
+    embedding = ctx.embedding(k, crop)
+    box = np.array([[i0 - crop.i0, j0 - crop.j0, i1 + 1 - crop.i0, j1 + 1 - crop.j0]], np.float32)
+    out = ctx.predictor.decode(embedding, crop.side, ctx.exclude(box, k, crop, negatives), None, None)
+    mask = out.masks[0] & ctx.box_mask(crop)
+    if s.fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    labels, count = ndimage.label(mask)
+    if not count:
+        raise EmptySegmentationError("no structure found inside the box; draw it around the lesion")
+    mask = labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
+    seed_ji = (int(round(centre[0])), int(round(centre[1])))
+    return (k, *seed_ji), crop, mask, float(out.iou[0])
 
 
 def _refine(ctx: WalkContext, k: int, click_ji, crop: CropWindow, box: np.ndarray, positives, negatives):

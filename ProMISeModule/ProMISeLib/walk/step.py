@@ -46,8 +46,11 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
     first = ctx.predictor.decode(embedding, crop.side, boxes, points, labels)
     reach = ndimage.binary_dilation(previous, iterations=max(2, int(round(3 / ctx.pixel_mm))))
+    inside = ctx.box_mask(crop)
     candidates, predicted = [], []
     for mask, score in zip(first.masks, first.iou, strict=True):
+        if inside is not None:
+            mask = mask & inside
         if s.fill_holes:
             mask = ndimage.binary_fill_holes(mask)
         labels_2d, _ = ndimage.label(mask)
@@ -98,6 +101,8 @@ def _learned_step(ctx: WalkContext, k: int, crop: CropWindow, embedding, previou
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
     out = ctx.predictor.decode(embedding, crop.side, box, points, labels)
     mask = out.masks[0]
+    if ctx.bounds is not None:
+        mask = mask & ctx.box_mask(crop)
     if s.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     labels_2d, _ = ndimage.label(mask)

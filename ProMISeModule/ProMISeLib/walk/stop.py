@@ -10,12 +10,17 @@ from ProMISeLib.walk.context import WalkContext
 
 def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | None, score: float,
                 previous: np.ndarray, largest: int, reference: tuple[float, float]) -> str | None:
-    """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None."""
+    """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None.
+
+    Inside a box prompt the user has said where the lesion is: only a vanished or abruptly grown mask ends it.
+    """
     s = ctx.settings
     if mask is None or mask.sum() < s.min_area_fraction * largest:
         return "mask vanished"
     if mask.sum() > s.max_growth * previous.sum():
         return "mask grew abruptly"
+    if ctx.bounds is not None:
+        return None
     if score < s.min_score:
         return "low model confidence"
     if abs(float(crop.extract(ctx.volume[k])[mask].mean()) - reference[0]) > s.intensity_z * reference[1]:

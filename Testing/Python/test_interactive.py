@@ -1,0 +1,136 @@
+"""Clicks that converge (issue 30): corrections re-solve the lesion, and a box prompt bounds it.
+
+The walk-level tests run on a synthetic volume with a stand-in model that segments the bright structure
+inside each box, so the lesion's true extent is known; the engine-level ones run LiteMedSAM on brain1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ProMISeLib.io.preprocess import CropWindow
+from ProMISeLib.runtime.predictor import Decoded
+from ProMISeLib.walk import PropagationSettings, SliceMasks
+from ProMISeLib.walk.context import WalkContext
+from ProMISeLib.walk.correct import correct
+from ProMISeLib.walk.propagate import propagate
+from ProMISeLib.walk.seed import seed_from_box
+
+
+class BrightInBox:
+    """A stand-in model: each box decodes to the bright pixels (> 128) inside it, predicted IoU 0.95."""
+
+    def __init__(self, volume: np.ndarray) -> None:
+        self.volume = volume
+
+    def embed(self, volume, ks, crop):
+        return {k: crop.extract(volume[k]) for k in ks}
+
+    def decode(self, embedding, side, boxes, points=None, labels=None):
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        rows, cols = np.mgrid[0:side, 0:side] + 0.5
+        bright = embedding > 128
+        masks = [bright & (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1) for x0, y0, x1, y1 in boxes]
+        return Decoded(np.where(np.stack(masks), 1.0, -1.0).astype(np.float32), np.full(len(boxes), 0.95, np.float32))
+
+    def prefetch(self, *args):
+        return 0
+
+    def cancel_prefetch(self):
+        return 0
+
+
+def _cylinder(first: int, last: int, depth: int = 24, radius: int = 9) -> np.ndarray:
+    """A bright disc of ``radius`` px on slices first..last of a dark (K, 64, 64) volume."""
+    volume = np.full((depth, 64, 64), 40.0, np.float32)
+    j, i = np.mgrid[0:64, 0:64]
+    volume[first : last + 1][:, (j - 32) ** 2 + (i - 32) ** 2 <= radius**2] = 200.0
+    return volume
+
+
+def _context(volume, bounds=None) -> WalkContext:
+    return WalkContext(BrightInBox(volume), volume, (1.0, 1.0), 2.0, PropagationSettings(encode_ahead=0),
+                       bounds=bounds)
+
+
+def _lesion(volume, slices) -> SliceMasks:
+    crop = CropWindow(0, 0, 64)
+    masks = {k: crop.extract(volume[k]) > 128 for k in slices}
+    return SliceMasks(crop=crop, masks=masks, start_k=slices[0], reference=(200.0, 4.0))
+
+
+def test_a_positive_click_on_a_missed_slice_walks_on_until_the_lesion_ends():
+    """The walk had stopped at slice 6 of a lesion on slices 2-17; a click on slice 9 fills the gap and
+    goes on to the true end (not a fixed distance past the click), and no further."""
+    volume = _cylinder(2, 17)
+    lesion = _lesion(volume, list(range(2, 7)))
+    refined = correct(_context(volume), lesion, (9, 32, 32), True, [])
+    assert sorted(refined.masks) == list(range(2, 18))
+    assert all(refined.masks[k].sum() == lesion.masks[2].sum() for k in refined.masks)
+    assert any("mask vanished" in s for s in refined.stops)
+
+
+def test_a_negative_click_past_the_true_end_cuts_the_walk_there():
+    """The walk ran on past the lesion (slices 2-17 masked, the user says slice 14 is not lesion):
+    slice 14 and everything beyond it go, the rest stays."""
+    volume = _cylinder(2, 17)
+    lesion = _lesion(volume, list(range(2, 18)))
+    refined = correct(_context(volume), lesion, (14, 32, 32), False, [(14, 32, 32)])
+    assert sorted(refined.masks) == list(range(2, 14))
+    for k in refined.masks:
+        np.testing.assert_array_equal(refined.masks[k], lesion.masks[k])
+
+
+def test_a_box_alone_seeds_in_its_middle_and_bounds_the_walk_in_all_three_axes():
+    """The structure runs on slices 2-17 and is 19 px wide; the box covers slices 5-12 and only part of its
+    width: the result never leaves the box."""
+    volume = _cylinder(2, 17)
+    bounds = ((5, 12), (26, 40), (24, 44))
+    ctx = _context(volume, bounds)
+    click, crop, mask, score = seed_from_box(ctx, [])
+    assert click[0] == 8 and mask.any() and score == pytest.approx(0.95)
+    lesion = propagate(ctx, click[0], crop, mask, [], [])
+    assert sorted(lesion.masks) == list(range(5, 13))
+    full = np.zeros(volume.shape, bool)
+    for k, m in lesion.masks.items():
+        crop.paste(full[k], m)
+    rows, cols = np.flatnonzero(full.any(axis=(0, 2))), np.flatnonzero(full.any(axis=(0, 1)))
+    assert rows.min() >= 26 and rows.max() <= 40 and cols.min() >= 24 and cols.max() <= 44
+
+
+def test_a_box_is_turned_into_the_voxels_whose_centres_it_holds(brain):
+    """Corners in LPS and in RAS give the same voxels as the same box in ijk; the ranges are inclusive."""
+    from ProMISeLib.io.geometry import ras_to_lps
+
+    _, geometry, _ = brain
+    ijk = np.array([[100, 120, 5], [140, 160, 12]], float)
+    assert geometry.box_to_voxels_kji(ijk, "ijk") == ((5, 12), (120, 160), (100, 140))
+    lps = geometry.index_to_lps(ijk)
+    assert geometry.box_to_voxels_kji(lps, "lps") == ((5, 12), (120, 160), (100, 140))
+    assert geometry.box_to_voxels_kji(ras_to_lps(lps), "ras") == ((5, 12), (120, 160), (100, 140))
+    assert geometry.box_to_voxels_kji(ijk[::-1], "ijk") == ((5, 12), (120, 160), (100, 140))  # any two corners
+    clipped = geometry.box_to_voxels_kji(np.array([[-20, -20, -3], [10, 10, 2]], float), "ijk")
+    assert clipped == ((0, 2), (0, 10), (0, 10))
+    from ProMISeLib.errors import PointOutsideImageError
+
+    with pytest.raises(PointOutsideImageError, match="box"):
+        geometry.box_to_voxels_kji(np.array([[-30, -30, -9], [-10, -10, -2]], float), "ijk")
+
+
+@pytest.mark.slow
+def test_a_box_prompt_bounds_a_real_result_and_the_same_prompts_give_the_same_mask(brain):
+    from ProMISeLib.engine import Segmenter
+    from ProMISeLib.metrics import dice
+
+    volume, geometry, truth = brain
+    found = np.argwhere(truth)
+    lo, hi = found.min(axis=0) - 1, found.max(axis=0) + 1
+    box = [lo[::-1].tolist(), hi[::-1].tolist()]
+    first = Segmenter(device="cpu").segment(volume, geometry, None, space="ijk", box=box)
+    mask = first.mask.astype(bool)
+    assert dice(mask, truth) > 0.4
+    outside = np.ones_like(mask)
+    outside[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = False
+    assert not (mask & outside).any()
+    again = Segmenter(device="cpu").segment(volume, geometry, None, space="ijk", box=box)
+    np.testing.assert_array_equal(again.mask, first.mask)
