@@ -166,12 +166,27 @@ def summary(root: Path, clicks: int, baseline: Path | None = None, plot: Path | 
         part = [r for r in rows if lo <= r["volume_ml"] < hi]
         if part:
             lines += ["", f"lesions {name}: {len(part)} scans", *table(part, clicks)]
-    base_rows = [json.loads(p.read_text()) for p in sorted(baseline.glob("*.json"))] if baseline else []
+    ours = {r["case"] for r in rows}
+    base_rows = [_as_interactive(json.loads(p.read_text())) for p in sorted(baseline.glob("*.json"))
+                 if p.stem in ours] if baseline else []
     if base_rows:
-        lines += ["", f"baseline {baseline}: {len(base_rows)} scans", *table(base_rows, clicks)]
+        depth = min(clicks, max(len(m["steps"]) for r in base_rows for m in r["modes"].values()) - 1)
+        lines += ["", f"baseline {baseline}: the same {len(base_rows)} scans, {depth} corrections",
+                  *table(base_rows, depth)]
     if plot is not None:
         _plot(rows, base_rows, clicks, plot)
     return "\n".join(lines)
+
+
+def _as_interactive(row: dict) -> dict:
+    """A row of this script, or of ``parity.py`` (the centre click and three corrections, same protocol)."""
+    if "modes" in row:
+        return row
+    steps = [row["steps"][f"default-{n}"] for n in range(1, 7) if f"default-{n}" in row["steps"]]
+    case = next(c for c in load_cases() if c.id == row["case"])
+    _, geometry, truth = read_case(case)
+    return {"case": row["case"], "volume_ml": float(truth.sum() * geometry.voxel_volume_ml), "prompter": "shipped",
+            "modes": {"centre": {"steps": [{"dice": s["dice"], "seconds": 0.0} for s in steps]}}}
 
 
 def _plot(rows: list[dict], base_rows: list[dict], clicks: int, path: Path) -> None:
@@ -187,7 +202,8 @@ def _plot(rows: list[dict], base_rows: list[dict], clicks: int, path: Path) -> N
             done = [r["modes"][mode] for r in runs if mode in r["modes"] and r["modes"][mode]["steps"]]
             if not done:
                 continue
-            depth = clicks if mode != "box" else 0
+            most = max(len(r["steps"]) for r in done) - 1  # a baseline may have made fewer corrections
+            depth = min(clicks, most) if mode != "box" else 0
             curves = np.array([_curve(r["steps"], depth) for r in done])
             x = np.arange(1, depth + 2)
             if depth:

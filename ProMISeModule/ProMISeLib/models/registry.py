@@ -133,10 +133,16 @@ def list_models() -> list[ModelInfo]:
 
 
 def add_model_weights(name: str, path: str | Path) -> Path:
-    """Install weights downloaded by hand (``promise weights add``): convert them into the cache; returns the file."""
+    """Install weights downloaded by hand (``promise weights add``) into the cache; returns the file.
+
+    ProMISe 3D checkpoints are converted; any other model's file (or the archive it ships in) is checked
+    against its pinned SHA-256 and copied, the offline route for a machine without the network.
+    """
     spec = get_model_spec(name)
     if spec.kind != VOLUME3D:
-        raise InvalidInputError(f"{name} is downloaded, not added: `promise weights download {name}`")
+        from ProMISeLib.io.weights import install_local_weights
+
+        return install_local_weights(spec.weights, path)
     from ProMISeLib.models.promise3d.checkpoint import convert_released_checkpoint
 
     return convert_released_checkpoint(path, spec.weights)
