@@ -70,14 +70,16 @@ def test_a_positive_click_on_a_missed_slice_walks_on_until_the_lesion_ends():
     assert any("mask vanished" in s for s in refined.stops)
 
 
-def test_a_negative_click_past_the_true_end_cuts_the_walk_there():
-    """The walk ran on past the lesion (slices 2-17 masked, the user says slice 14 is not lesion):
-    slice 14 and everything beyond it go, the rest stays."""
-    volume = _cylinder(2, 17)
+def test_a_negative_click_that_leaves_its_slice_empty_ends_the_lesion_there():
+    """The walk ran on past the lesion onto a one-pixel-wide streak (slices 14-17): a negative click on the
+    streak leaves nothing on its slice, so that slice and everything beyond it go; the lesion's own slices
+    stay as they were."""
+    volume = _cylinder(2, 13)
+    volume[14:18, 32, 20:45] = 200.0  # a thin bright line past the lesion's end
     lesion = _lesion(volume, list(range(2, 18)))
-    refined = correct(_context(volume), lesion, (14, 32, 32), False, [(14, 32, 32)])
-    assert sorted(refined.masks) == list(range(2, 14))
-    for k in refined.masks:
+    refined = correct(_context(volume), lesion, (15, 32, 32), False, [(15, 32, 32)])
+    assert sorted(refined.masks) == list(range(2, 15))  # slice 14, before the click, is the next click's
+    for k in range(2, 15):
         np.testing.assert_array_equal(refined.masks[k], lesion.masks[k])
 
 

@@ -7,9 +7,8 @@
   rules, until the lesion ends (and back to fill the gap). It only adds voxels.
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
   leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
-  slices from that mask. It only removes voxels. A click in the middle of its slice's mask (at least
-  ``CENTRAL`` of the mask's greatest depth) says the lesion is not on that slice at all: like a click slice
-  left empty, it ends the lesion there, on the side away from the slice the lesion was found on.
+  slices from that mask. It only removes voxels. A click slice left empty ends the lesion there, on the
+  side away from the slice the lesion was found on.
 
 Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
 or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
@@ -20,25 +19,12 @@ past the lesion's end scores them as the propagation does.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import SliceMasks, component_at, iou
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
-
-#: A negative click this deep in its slice's mask (a fraction of the mask's greatest depth) removes the slice.
-CENTRAL = 0.6
-
-
-def _central(mask: np.ndarray, click_ji: tuple[int, int], spacing_ji: tuple[float, float]) -> bool:
-    """Whether the click lies in the middle of its slice's mask rather than near its edge (a leak)."""
-    if not mask[click_ji]:
-        return False
-    depth = ndimage.distance_transform_edt(mask, sampling=spacing_ji)
-    return bool(depth[click_ji] >= CENTRAL * depth.max())
-
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
             negatives: list[Voxel]) -> SliceMasks:
@@ -77,8 +63,6 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
             hi, outward = depth - 1, 1
     else:
         new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
-        if k != lesion.start_k and _central(old[k], click_ji, ctx.spacing_ji):
-            new = None  # the click sits in the middle of the slice's mask: the lesion is not there at all
         if new is not None:
             new = new & old[k]
             if new[click_ji]:  # no candidate left the click out: cut its component out by hand
