@@ -26,6 +26,7 @@ from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
 
+
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
             negatives: list[Voxel]) -> SliceMasks:
     """``lesion`` refined by one more click (a new SliceMasks; ``lesion`` is not changed).
