@@ -136,3 +136,15 @@ def test_a_box_prompt_bounds_a_real_result_and_the_same_prompts_give_the_same_ma
     assert not (mask & outside).any()
     again = Segmenter(device="cpu").segment(volume, geometry, None, space="ijk", box=box)
     np.testing.assert_array_equal(again.mask, first.mask)
+
+
+def test_a_negative_click_emptying_a_slice_cuts_off_the_shorter_part_not_the_lesion():
+    """The lesion was found on slice 3 (start_k) and runs to slice 17; a streak on slice 5 is marked not lesion:
+    slices 3-5 go (the nearer end), not slices 5-17 (the side away from where it was found)."""
+    volume = _cylinder(2, 17)
+    volume[5] = 40.0
+    volume[5, 32, 20:45] = 200.0
+    lesion = _lesion(volume, list(range(3, 18)))
+    lesion.start_k = 3
+    refined = correct(_context(volume), lesion, (5, 32, 32), False, [(5, 32, 32)])
+    assert sorted(refined.masks) == list(range(6, 18))

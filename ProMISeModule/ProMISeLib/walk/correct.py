@@ -7,8 +7,9 @@
   rules, until the lesion ends (and back to fill the gap). It only adds voxels.
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
   leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
-  slices from that mask. It only removes voxels. A click slice left empty ends the lesion there, on the
-  side away from the slice the lesion was found on.
+  slices from that mask. It only removes voxels. A click slice left empty ends the lesion there: the
+  shorter part of the lesion beyond it goes (a click near an end trims that end; it never takes the
+  larger part of the lesion with it).
 
 Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
 or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
@@ -25,6 +26,15 @@ from ProMISeLib.walk.masks import SliceMasks, component_at, iou
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
+
+
+def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
+    """The side (+1 or -1) of slice k that a negative click emptying it cuts off: the nearer end of the lesion
+    (the shorter part goes), else the side away from the slice the lesion was found on."""
+    below, above = k - min(masks), max(masks) - k
+    if below != above:
+        return 1 if above < below else -1
+    return 1 if k >= start_k else -1
 
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
@@ -69,8 +79,8 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
             if new[click_ji]:  # no candidate left the click out: cut its component out by hand
                 new = new & ~component_at(new, click_ji)
         if new is None or not new.any():  # nothing left on the click's slice: the lesion ends there
-            side = np.sign(k - lesion.start_k)
-            for b in [b for b in old if side == 0 or (b - k) * side >= 0]:
+            side = _nearer_end(old, k, lesion.start_k)
+            for b in [b for b in old if (b - k) * side >= 0]:
                 del result.masks[b]
             result.stops.append(f"the negative click on slice {k} removed the lesion from there on")
             return result
