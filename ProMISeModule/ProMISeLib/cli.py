@@ -17,26 +17,23 @@ from ProMISeLib.runtime.choice import RUNTIMES
 EXIT_BAD_INPUT = 2
 
 
+def _numbers(text: str, count: int, form: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {form} ({count} numbers), got {text!r}")
+    return values
+
+
 def _point(text: str) -> tuple[float, float, float]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three numbers), got {text!r}")
-    return values  # type: ignore[return-value]
+    return _numbers(text, 3, "X,Y,Z")  # type: ignore[return-value]
 
 
-def _box(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 6:
-        raise argparse.ArgumentTypeError(f"expected X1,Y1,Z1,X2,Y2,Z2 (six numbers), got {text!r}")
-    return values[:3], values[3:]  # type: ignore[return-value]
+def _box(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    values = _numbers(text, 6, "X1,Y1,Z1,X2,Y2,Z2")
+    return values[:3], values[3:]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ pytest.register_assert_rewrite("conftest_slicer")
 pytest_plugins = ["conftest_slicer"]
 
 from conftest_slicer import FakeSegmenter, add_points, add_volume, fake_factory, scene_state  # noqa: E402
-from ProMISeLib.errors import InvalidInputError  # noqa: E402
+from ProMISeLib.errors import CheckpointError, InvalidInputError  # noqa: E402
 
 HEURISTIC = "heuristic box prompts"
 
@@ -205,13 +205,11 @@ def test_adding_a_released_checkpoint_installs_the_3d_model(slicer_env, private_
     key = "decoder.head.0.weight"
     assert torch.equal(loaded.state_dict()[key], model.state_dict()[key])
 
-    # only ProMISe 3D models are added; a bad file is refused with the engine's message
-    with pytest.raises(InvalidInputError, match="downloaded, not added"):
+    # another model's local file is checked against its pinned SHA-256; a wrong one is refused, nothing installed
+    with pytest.raises(CheckpointError, match="not the sam_vit_b weights"):
         logic.addModelCheckpoint("sam_vit_b", source)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    from ProMISeLib.errors import CheckpointError
-
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         logic.addModelCheckpoint("promise-pancreas", junk)
     assert not {m.name: m for m in logic.models()}["promise-pancreas"].installed

@@ -617,9 +617,14 @@ def test_an_unsupported_slicer_is_said_at_load_and_segment_stays_off(module, mon
     monkeypatch.setattr(install, "unsupported_reason", lambda *a, **k: "ProMISe needs Slicer 5.10 or newer")
     panel = module.module.ProMISeModuleWidget()
     panel.setup()
-    parameters = panel._parameterNode
-    parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "scan")
-    parameters.positivePoints.AddControlPoint(10.0, 10.0, 10.0)
-    panel.updateButtons()
-    assert not module.ui.segmentButton.enabled
-    assert "5.10" in module.ui.statusLabel.text
+    try:
+        parameters = panel._parameterNode
+        parameters.inputVolume = add_volume(np.zeros((10, 20, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]),
+                                            "scan")
+        parameters.positivePoints.AddControlPoint(10.0, 10.0, 10.0)
+        panel.updateButtons()
+        assert not module.ui.segmentButton.enabled
+        assert "5.10" in module.ui.statusLabel.text
+    finally:
+        panel.cleanup()  # as the widget fixture does: no observers left on the scene
+        panel.logic.runner.close()

@@ -272,8 +272,10 @@ def install_local_weights(name: str, path: str | Path) -> Path:
             if sha256_of(payload) != entry.sha256:
                 raise CheckpointError(f"{entry.remote.member} in {source} fails its SHA-256 check; not used")
         else:
-            what = f"the {entry.name} weights" + (f" nor {entry.remote.url.rsplit('/', 1)[-1]}" if entry.remote else "")
-            raise CheckpointError(f"{source} is neither {what} (SHA-256 {digest[:12]}…)")
+            archive = entry.remote is not None and entry.remote.member
+            what = f"neither the {entry.name} weights nor {entry.remote.url.rsplit('/', 1)[-1]}" if archive \
+                else f"not the {entry.name} weights"
+            raise CheckpointError(f"{source} is {what} (SHA-256 {digest[:12]}…)")
         os.replace(payload, target)
     return target
 
