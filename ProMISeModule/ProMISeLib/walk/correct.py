@@ -4,7 +4,8 @@
   to its slice, then follows that structure to the neighbouring slices, adding it to the lesion's masks.
   It stays within the lesion's slices, except where the click lies past the lesion's end: there the
   lesion is reseeded at the click and the walk goes on from it, with the propagation's steps and stop
-  rules, until the lesion ends (and back to fill the gap). It only adds voxels.
+  rules, until the lesion ends, at most as far as the coronal and sagittal planes through the click see
+  it (and back to fill the gap). It only adds voxels.
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
   leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
   slices from that mask. It only removes voxels. A click slice left empty ends the lesion there: the
@@ -23,6 +24,7 @@ import numpy as np
 
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import SliceMasks, component_at, iou
+from ProMISeLib.walk.planes import orthogonal_extents
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
@@ -35,6 +37,18 @@ def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
     if below != above:
         return 1 if above < below else -1
     return 1 if k >= start_k else -1
+
+
+def _plane_limit(ctx: WalkContext, click_kji: Voxel, direction: int) -> int:
+    """The last slice a reseeded walk may reach on its side: the lesion's end in the coronal and sagittal planes
+    through the click (plus ``orthogonal_tolerance``), as for a new lesion; the volume's end without the planes."""
+    end = ctx.volume.shape[0] - 1 if direction > 0 else 0
+    if not ctx.settings.orthogonal_stop or ctx.bounds is not None or (ctx.prompter is not None and not ctx.fused):
+        return end
+    reach = [kk for kk in orthogonal_extents(ctx, click_kji) if (kk - click_kji[0]) * direction >= 0]
+    if not reach:
+        return click_kji[0]
+    return max(reach, key=lambda kk: abs(kk - click_kji[0])) + direction * ctx.settings.orthogonal_tolerance
 
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
@@ -68,10 +82,10 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         result.masks[k] = found | old[k] if k in old else found
         follow, largest = found, int(found.sum())
         lo, hi = min(old), max(old)
-        if k < lo:  # past the lesion's end: the walk goes on from the click until the lesion ends
-            lo, outward = 0, -1
-        elif k > hi:
-            hi, outward = depth - 1, 1
+        if past_end:  # the walk goes on from the click until the lesion ends, as far as the planes see it
+            outward = -1 if k < lo else 1
+            far = _plane_limit(ctx, click_kji, outward)
+            lo, hi = (max(0, far), hi) if outward < 0 else (lo, min(depth - 1, far))
     else:
         new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
         if new is not None:
