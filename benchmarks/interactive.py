@@ -128,7 +128,7 @@ def _curve(steps: list[dict], clicks: int) -> list[float]:
 
 
 def _noc(curve: list[float], target: float) -> int:
-    """Clicks to reach ``target`` (the first prompt counts as one), capped at the prompts made."""
+    """Clicks to reach ``target`` (the first prompt counts as one); never reached counts as the prompts allowed."""
     return next((n + 1 for n, d in enumerate(curve) if d >= target), len(curve))
 
 
@@ -149,9 +149,9 @@ def table(rows: list[dict], clicks: int, title: str = "") -> list[str]:
         medians = " / ".join(f"{statistics.median(c[min(n, depth)] for c in curves):.3f}" for n in (0, 3, depth))
         later = [s["seconds"] for r in runs for s in r["steps"][1:]]
         drops = [b["dice"] - a["dice"] for r in runs for a, b in zip(r["steps"], r["steps"][1:], strict=False)]
-        noc = [statistics.mean(_noc(c, t) for c in curves) for t in TARGETS]
-        lines.append(f"| {mode} | {len(runs)} | {means} | {medians} | {noc[0]:.2f} | {noc[1]:.2f} | "
-                     f"{statistics.median(later) if later else 0:.2f} | "
+        noc = [f"{statistics.mean(_noc(c, t) for c in curves):.2f}" if depth else "-" for t in TARGETS]
+        seconds = f"{statistics.median(later):.2f}" if later and any(later) else "-"
+        lines.append(f"| {mode} | {len(runs)} | {means} | {medians} | {noc[0]} | {noc[1]} | {seconds} | "
                      f"{sum(d < -0.02 for d in drops)} of {len(drops)} |")
     return lines
 

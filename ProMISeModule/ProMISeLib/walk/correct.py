@@ -2,10 +2,10 @@
 
 - A **positive** click adds the structure that the seed's box search finds at it (on the lesion's crop)
   to its slice, then follows that structure to the neighbouring slices, adding it to the lesion's masks.
-  It stays within the lesion's slices, except where the click lies past the lesion's end: there the
-  lesion is reseeded at the click and the walk goes on from it, with the propagation's steps and stop
-  rules, until the lesion ends, at most as far as the coronal and sagittal planes through the click see
-  it (and back to fill the gap). It only adds voxels.
+  It stays within the lesion's slices, except on the side where the click lies past the lesion's end:
+  there it goes on at most ``correction_extend_mm`` past the click (another click there extends it
+  further). It only adds voxels. (A reseed that walked on until the lesion ends was measured and not
+  adopted: docs/studies/clicks-that-converge.md.)
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
   leaves the click out (if none does, the click's component is cut out), then re-decodes the neighbouring
   slices from that mask. It only removes voxels. A click slice left empty ends the lesion there: the
@@ -14,8 +14,7 @@
 
 Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
 or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
-predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding; a walk
-past the lesion's end scores them as the propagation does.
+predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import numpy as np
 
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import SliceMasks, component_at, iou
-from ProMISeLib.walk.planes import orthogonal_extents
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
 from ProMISeLib.walk.stop import stop_reason
@@ -37,18 +35,6 @@ def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
     if below != above:
         return 1 if above < below else -1
     return 1 if k >= start_k else -1
-
-
-def _plane_limit(ctx: WalkContext, click_kji: Voxel, direction: int) -> int:
-    """The last slice a reseeded walk may reach on its side: the lesion's end in the coronal and sagittal planes
-    through the click (plus ``orthogonal_tolerance``), as for a new lesion; the volume's end without the planes."""
-    end = ctx.volume.shape[0] - 1 if direction > 0 else 0
-    if not ctx.settings.orthogonal_stop or ctx.bounds is not None or (ctx.prompter is not None and not ctx.fused):
-        return end
-    reach = [kk for kk in orthogonal_extents(ctx, click_kji) if (kk - click_kji[0]) * direction >= 0]
-    if not reach:
-        return click_kji[0]
-    return max(reach, key=lambda kk: abs(kk - click_kji[0])) + direction * ctx.settings.orthogonal_tolerance
 
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
@@ -65,27 +51,23 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
     result = SliceMasks(crop=crop, masks=dict(old), stops=list(lesion.stops), start_k=lesion.start_k,
                         reference=lesion.reference)
     depth = ctx.volume.shape[0]
-    outward = 0  # the direction of a walk that reseeds past the lesion's end (0: none)
     if positive:
-        past_end = k < min(old) or k > max(old)  # a reseed: the seed's whole search, verified
-        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=past_end)
+        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=False)  # the seed's search
         if not found.any() or score < s.min_seed_score:
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
             disk = np.zeros_like(nearest)
             radius = max(1, ctx.radius_px())
             disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
                  max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
-            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=past_end)
+            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=False)
         if found is None or not found.any():
             ctx.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
             return lesion
         result.masks[k] = found | old[k] if k in old else found
         follow, largest = found, int(found.sum())
-        lo, hi = min(old), max(old)
-        if past_end:  # the walk goes on from the click until the lesion ends, as far as the planes see it
-            outward = -1 if k < lo else 1
-            far = _plane_limit(ctx, click_kji, outward)
-            lo, hi = (max(0, far), hi) if outward < 0 else (lo, min(depth - 1, far))
+        extend = max(1, int(np.ceil(s.correction_extend_mm / ctx.slice_mm)))  # past a click beyond an end
+        lo = max(0, k - extend) if k < min(old) else min(old)
+        hi = min(depth - 1, k + extend) if k > max(old) else max(old)
     else:
         new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
         if new is not None:
@@ -103,11 +85,9 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         lo, hi = min(old), max(old)
     for direction in (1, -1):
         towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
-        reseeded = direction == outward  # a new part of the lesion: the propagation's own steps and stops
         previous, kk = follow, k + direction
         while lo <= kk <= hi and ctx.allows(kk) and not (towards_start and kk == lesion.start_k):
-            mask, score = step(ctx, kk, crop, previous, [], negatives,
-                               scales=None if reseeded else s.correction_scales, verify=reseeded)
+            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False)
             if not positive and mask is not None:
                 mask = mask & old[kk]
             reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, lesion.reference)

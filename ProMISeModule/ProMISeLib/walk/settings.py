@@ -37,6 +37,7 @@ class PropagationSettings:
     correction_reach: int = 6  # a positive click up to this many slices past a lesion's ends refines it
     correction_agreement: float = 0.9  # a correction's walk stops where its mask and the lesion's agree (IoU)
     correction_scales: tuple[float, ...] | None = (1.0,)  # box sizes of a correction's walk (None: propagation's)
+    correction_extend_mm: float = 10.0  # a positive click past a lesion's end extends it this far past the click
 
     def for_fused(self) -> PropagationSettings:
         """These settings with the fused prompts' validated stop: a wider, elongated search in the orthogonal
