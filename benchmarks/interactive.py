@@ -38,7 +38,14 @@ import numpy as np
 import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import corrective_click, lesion_click, load_cases, random_lesion_click, read_case
+from ProMISeLib.io.sample_data import (
+    corrective_click,
+    lesion_click,
+    load_cases,
+    random_lesion_click,
+    read_case,
+    select_cases,
+)
 from ProMISeLib.metrics import dice, hd95
 
 SIZES = ((0.0, 5.0, "under 5 mL"), (5.0, 50.0, "5-50 mL"), (50.0, float("inf"), "over 50 mL"))
@@ -98,9 +105,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shard, shards = (int(v) for v in args.shard.split("/"))
-    wanted = set(filter(None, args.cases.split(",")))
-    cases = [c for c in load_cases() if c.label_values and (not wanted or c.id in wanted)][shard::shards]
+    cases = select_cases(args.cases, args.shard)
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=600)
     for case in cases:
         target = out / f"{case.id}.json"

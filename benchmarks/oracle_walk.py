@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
+from ProMISeLib.io.sample_data import lesion_click, read_case, select_cases
 from ProMISeLib.metrics import dice
 from ProMISeLib.walk import StepCandidates, WalkPlugin
 
@@ -61,12 +61,6 @@ class Oracle(WalkPlugin):
         return None if mask is not None else "mask vanished"
 
 
-def shard_cases(shard: str) -> list:
-    """The labelled cases of shard "I/N": every N-th from the I-th."""
-    index, count = (int(v) for v in shard.split("/"))
-    return [c for c in load_cases() if c.label_values][index::count]
-
-
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -74,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     oracle = Oracle()
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200, plugins=[oracle])
     segmenter.replace_settings(encode_ahead=0)
-    for case in shard_cases(args.shard):
+    for case in select_cases(shard=args.shard):
         target = out / f"{case.id}.json"
         if target.exists():
             continue

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import corrective_click, lesion_click, load_cases, read_case
+from ProMISeLib.io.sample_data import corrective_click, lesion_click, read_case, select_cases
 from ProMISeLib.metrics import dice, hd95
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeTrain.prompter_pipeline import held_out_fold
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shard, shards = (int(v) for v in args.shard.split("/"))
-    wanted = set(filter(None, args.cases.split(",")))
-    cases = [c for c in load_cases() if c.label_values and (not wanted or c.id in wanted)][shard::shards]
+    cases = select_cases(args.cases, args.shard)
     # A fold's card names no default mode, so ``auto`` runs what the shipped card runs.
     shipped = Segmenter(device="cpu", prompts=args.prompts).resolved_prompts
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=shipped, cache_mb=600)

@@ -129,3 +129,13 @@ def test_a_click_at_a_time_or_all_at_once_give_the_same_mask(brain, brain_run):
     at_once = segmenter.segment(volume, geometry, points, space="ijk", **clicks)
     assert at_once.encoded_slices == 0 and at_once.decoded_slices > step_by_step.decoded_slices
     np.testing.assert_array_equal(at_once.mask, step_by_step.mask)
+
+
+def test_benchmark_cases_are_chosen_by_name_and_split_into_disjoint_shards(cases):
+    from ProMISeLib.io.sample_data import select_cases
+
+    everything = [c.id for c in select_cases()]
+    assert everything == [c.id for c in cases.values() if c.label_values]
+    halves = [c.id for c in select_cases(shard="0/2")], [c.id for c in select_cases(shard="1/2")]
+    assert sorted(halves[0] + halves[1]) == sorted(everything) and not set(halves[0]) & set(halves[1])
+    assert [c.id for c in select_cases("STS_002_CT,brain1")] == [i for i in everything if i in ("STS_002_CT", "brain1")]

@@ -142,6 +142,14 @@ def load_cases(folder: Path | None = None) -> list[Case]:
     return cases
 
 
+def select_cases(ids: str = "", shard: str = "0/1", folder: Path | None = None) -> list[Case]:
+    """The labelled cases named in ``ids`` (comma-separated; all when empty), and of those shard "I/N":
+    every N-th from the I-th (the benchmarks' way of splitting a run over processes)."""
+    index, count = (int(v) for v in shard.split("/"))
+    wanted = set(filter(None, ids.split(",")))
+    return [c for c in load_cases(folder) if c.label_values and (not wanted or c.id in wanted)][index::count]
+
+
 def get_case(case_id: str, folder: Path | None = None) -> Case:
     for case in load_cases(folder):
         if case.id == case_id:
