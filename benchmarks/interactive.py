@@ -234,8 +234,7 @@ def soak(args: argparse.Namespace) -> None:
         return float("nan")
 
     torch.set_num_threads(args.threads)
-    wanted = set(filter(None, args.cases.split(",")))
-    cases = [c for c in load_cases() if c.label_values and (not wanted or c.id in wanted)][:3]
+    cases = select_cases(args.cases)[:3]
     scans = [read_case(c) for c in cases]
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=300)
     rng = np.random.default_rng(0)
@@ -249,14 +248,19 @@ def soak(args: argparse.Namespace) -> None:
             pass
         samples.append(rss_mb())
         print(json.dumps({"call": call + 1, "rss_mb": round(samples[-1], 1)}), flush=True)
-    warm = samples[len(scans) * 2 - 1]  # after every scan was seen twice
-    report = {"date": time.strftime("%Y-%m-%d"), "calls": args.calls, "scans": [c.id for c in cases],
-              "rss_after_warm_up_mb": warm, "rss_max_after_warm_up_mb": max(samples[len(scans) * 2 - 1:]),
-              "rss_last_mb": samples[-1], "growth_after_warm_up": max(samples[len(scans) * 2 - 1:]) / warm - 1,
+        _soak_report(Path(args.soak), [c.id for c in cases], samples, args.calls)
+
+
+def _soak_report(path: Path, scans: list[str], samples: list[float], calls: int) -> None:
+    """The soak's report so far (rewritten after every call, so a stopped soak still has one)."""
+    warm_at = len(scans) * 2 - 1  # after every scan was seen twice
+    report = {"date": time.strftime("%Y-%m-%d"), "calls_planned": calls, "calls_done": len(samples), "scans": scans,
               "rss_mb": samples}
-    Path(args.soak).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"RSS after warm-up {warm:.0f} MB, at most {report['rss_max_after_warm_up_mb']:.0f} MB afterwards "
-          f"({100 * report['growth_after_warm_up']:+.1f}%), last {samples[-1]:.0f} MB")
+    if len(samples) > warm_at:
+        warm, later = samples[warm_at], samples[warm_at:]
+        report.update(rss_after_warm_up_mb=warm, rss_max_after_warm_up_mb=max(later), rss_last_mb=samples[-1],
+                      growth_after_warm_up=max(later) / warm - 1)
+    path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main() -> None:
