@@ -142,6 +142,16 @@ def test_an_output_folder_that_refuses_writes_is_refused_before_the_model_runs(t
                     "not writable")
 
 
+def test_a_box_or_a_point_is_needed_and_a_box_outside_the_image_is_refused(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _assert_refused(tmp_path, capsys, ["segment", str(path)], "give at least one --point or a --box")
+    _assert_refused(tmp_path, capsys, ["segment", str(path), "--space", "ijk", "--box", "40,40,20,50,50,30"],
+                    "lies outside the image")
+    with pytest.raises(SystemExit) as stopped:
+        main(["segment", str(path), "--box", "1,2,3", "--output", str(tmp_path / "out.nii.gz")])
+    assert stopped.value.code == 2 and "X1,Y1,Z1,X2,Y2,Z2 (6 numbers)" in capsys.readouterr().err
+
+
 def test_models_listing_is_aligned_for_the_longest_name(capsys):
     from ProMISeLib.models.registry import MODELS
 
