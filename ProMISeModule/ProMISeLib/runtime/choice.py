@@ -20,13 +20,13 @@ def onnx_installed() -> bool:
 MIN_TORCH_FOR_EXPORT = (2, 5)
 
 
-def torch_exports_onnx() -> bool:
-    """Whether the installed torch can run the ONNX export (read from its metadata; imports no torch)."""
+def torch_exports_onnx(torch_version: str | None = None) -> bool:
+    """Whether a torch version (default: the installed one, read from its metadata; no torch import) can run the
+    ONNX export; False when torch is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        release = version("torch").split("+")[0].split(".")
-        return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in release[:2]) >= \
-            MIN_TORCH_FOR_EXPORT
-    except (PackageNotFoundError, ValueError):
+        parts = (torch_version or version("torch")).split("+")[0].split(".")
+    except PackageNotFoundError:
         return False
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts[:2]) >= MIN_TORCH_FOR_EXPORT
