@@ -13,6 +13,7 @@ from ProMISeLib.runtime.predictor import Decoded
 from ProMISeLib.walk import PropagationSettings, SliceMasks
 from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.correct import correct
+from ProMISeLib.walk.lesions import new_lesion
 from ProMISeLib.walk.propagate import propagate
 from ProMISeLib.walk.seed import seed_from_box
 
@@ -102,6 +103,18 @@ def test_a_box_alone_seeds_in_its_middle_and_bounds_the_walk_in_all_three_axes()
         crop.paste(full[k], m)
     rows, cols = np.flatnonzero(full.any(axis=(0, 2))), np.flatnonzero(full.any(axis=(0, 1)))
     assert rows.min() >= 26 and rows.max() <= 40 and cols.min() >= 24 and cols.max() <= 44
+
+
+def test_a_box_prompt_ends_the_lesion_where_the_planes_it_prompts_end_it():
+    """The lesion is on slices 4-17; past it a small bright blob, off the box's central row and column, runs on
+    to slice 21 and touches the lesion's outline. The box spans slices 2-21: the coronal and sagittal planes
+    through its centre, prompted with the box, end the lesion at slice 17, so the walk leaves the blob out
+    (inside the box the other stop rules would have followed it)."""
+    volume = _cylinder(4, 17)
+    volume[18:22, 36:41, 36:41] = 200.0
+    lesion = new_lesion(_context(volume, ((2, 21), (20, 44), (20, 44))), None, [], [])
+    assert sorted(lesion.masks) == list(range(4, 18))
+    assert any("coronal/sagittal" in note for note in lesion.stops)
 
 
 def test_a_box_is_turned_into_the_voxels_whose_centres_it_holds(brain):

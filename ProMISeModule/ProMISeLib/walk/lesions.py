@@ -11,7 +11,7 @@ from ProMISeLib.walk.context import ProgressFn, Voxel, WalkContext
 from ProMISeLib.walk.correct import correct
 from ProMISeLib.walk.masks import SliceMasks
 from ProMISeLib.walk.memory import LesionMemory
-from ProMISeLib.walk.planes import orthogonal_extents
+from ProMISeLib.walk.planes import box_extents, orthogonal_extents
 from ProMISeLib.walk.propagate import propagate
 from ProMISeLib.walk.seed import seed, seed_from_box
 
@@ -27,9 +27,12 @@ def new_lesion(ctx: WalkContext, click: Voxel | None, positives: list[Voxel], ne
     else:
         crop, seed_mask, score = seed(ctx, click, positives, negatives)
     # The learned prompter alone walks to its own end; the rules and the fused prompts read the planes.
-    # A box prompt says where the lesion ends itself.
-    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused) and ctx.bounds is None
-    extents = orthogonal_extents(ctx, click) if use_extents else None
+    # A box prompt prompts the planes through its centre: they give each slice's box and the lesion's ends.
+    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused)
+    if ctx.bounds is not None:
+        extents = box_extents(ctx) if use_extents else None
+    else:
+        extents = orthogonal_extents(ctx, click) if use_extents else None
     lesion = propagate(ctx, click[0], crop, seed_mask, positives, negatives, extents=extents)
     if score < 0.5:
         lesion.stops.insert(0, f"weak result: the model's confidence at the click is {score:.2f}")

@@ -3,6 +3,10 @@
 The coronal and sagittal planes through the click are resampled to square pixels and searched like the
 click's slice; each is read back per axial slice as the lesion's column range (coronal) and row range
 (sagittal). The walk stops a little past the farthest slice they reach (``orthogonal_tolerance``).
+
+With a box prompt the planes go through the box's centre and the box itself, projected on each plane,
+prompts it (LiteMedSAM was trained on boxes): the ranges they give on each axial slice make that slice's
+box, and the walk ends where they end.
 """
 
 from __future__ import annotations
@@ -18,19 +22,34 @@ from ProMISeLib.walk.search import best_at_click
 Extents = dict[int, tuple[np.ndarray | None, np.ndarray | None]]
 
 
+def _planes(ctx: WalkContext, j: int, i: int):
+    """The coronal plane at row j and the sagittal plane at column i, each resampled to square pixels:
+    yields (axis, resampled plane, its in-plane pixel mm, its rows per axial slice)."""
+    depth = ctx.volume.shape[0]
+    for axis, (plane, in_plane_mm) in enumerate(((ctx.volume[:, j, :], ctx.spacing_ji[1]),
+                                                 (ctx.volume[:, :, i], ctx.spacing_ji[0]))):
+        rows = max(2, int(round(depth * ctx.slice_mm / in_plane_mm)))
+        yield axis, ndimage.zoom(plane, (rows / depth, 1.0), order=1), in_plane_mm, rows / depth
+
+
+def _read_back(extents: dict[int, list], full: np.ndarray, axis: int, per_slice: float) -> None:
+    """Each axial slice's range of ``full`` (a resampled plane's mask) into ``extents``."""
+    rows = full.shape[0]
+    for kk in range(int(round(rows / per_slice))):
+        r = int(round((kk + 0.5) * per_slice - 0.5))
+        hits = np.flatnonzero(full[min(max(r, 0), rows - 1)])
+        if hits.size:
+            extents.setdefault(kk, [None, None])[1 - axis] = np.array([hits[0], hits[-1] + 1])
+
+
 def orthogonal_extents(ctx: WalkContext, click_kji: Voxel) -> Extents:
     """The lesion seen in the coronal and sagittal planes through the click."""
     s = ctx.settings
     k, j, i = click_kji
-    depth = ctx.volume.shape[0]
     extents: dict[int, list] = {}
-    for axis, (plane, in_plane_mm, centre) in enumerate(
-        ((ctx.volume[:, j, :], ctx.spacing_ji[1], i), (ctx.volume[:, :, i], ctx.spacing_ji[0], j))
-    ):
-        zoom = ctx.slice_mm / in_plane_mm
-        rows = max(2, int(round(depth * zoom)))
-        resampled = ndimage.zoom(plane, (rows / depth, 1.0), order=1)
-        click_r = int(round((k + 0.5) * rows / depth - 0.5))
+    for axis, resampled, in_plane_mm, per_slice in _planes(ctx, j, i):
+        centre = (i, j)[axis]
+        click_r = int(round((k + 0.5) * per_slice - 0.5))
         side = int(min(max(resampled.shape), max(s.min_crop_px, round(s.orthogonal_context_mm / in_plane_mm))))
         crop = CropWindow.around((click_r, centre), side, snap=s.crop_snap)
         ctx.check_cancel()
@@ -41,9 +60,35 @@ def orthogonal_extents(ctx: WalkContext, click_kji: Voxel) -> Extents:
             continue
         full = np.zeros(resampled.shape, dtype=bool)
         crop.paste(full, mask)
-        for kk in range(depth):
-            r = int(round((kk + 0.5) * rows / depth - 0.5))
-            hits = np.flatnonzero(full[min(max(r, 0), rows - 1)])
-            if hits.size:
-                extents.setdefault(kk, [None, None])[1 - axis] = np.array([hits[0], hits[-1] + 1])
+        _read_back(extents, full, axis, per_slice)
+    return {kk: (v[0], v[1]) for kk, v in extents.items()}
+
+
+def box_extents(ctx: WalkContext) -> Extents:
+    """The lesion in the coronal and sagittal planes through the box prompt's centre, each prompted with the
+    box's projection on it (the largest component inside the box)."""
+    s = ctx.settings
+    (k0, k1), (j0, j1), (i0, i1) = ctx.bounds
+    extents: dict[int, list] = {}
+    for axis, resampled, _, per_slice in _planes(ctx, (j0 + j1) // 2, (i0 + i1) // 2):
+        c0, c1 = ((i0, i1), (j0, j1))[axis]
+        r0, r1 = k0 * per_slice, (k1 + 1) * per_slice
+        side = int(min(max(resampled.shape), max(s.min_crop_px, round(max(r1 - r0, c1 + 1 - c0) * s.crop_to_lesion))))
+        crop = CropWindow.around(((r0 + r1) / 2, (c0 + c1 + 1) / 2), side)
+        ctx.check_cancel()
+        embedding = ctx.predictor.embed(resampled[None], [0], crop)[0]
+        box = np.array([[c0 - crop.i0, r0 - crop.j0, c1 + 1 - crop.i0, r1 - crop.j0]], np.float32)
+        decoded = ctx.predictor.decode(embedding, crop.side, box, None, None).masks[0]
+        inside = np.zeros_like(decoded)
+        inside[max(int(np.floor(box[0, 1])), 0) : max(int(np.ceil(box[0, 3])), 0),
+               max(c0 - crop.i0, 0) : max(c1 + 1 - crop.i0, 0)] = True
+        mask = decoded & inside
+        if s.fill_holes:
+            mask = ndimage.binary_fill_holes(mask)
+        labels, count = ndimage.label(mask)
+        if not count:
+            continue
+        full = np.zeros(resampled.shape, dtype=bool)
+        crop.paste(full, labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1)))))
+        _read_back(extents, full, axis, per_slice)
     return {kk: (v[0], v[1]) for kk, v in extents.items()}

@@ -44,7 +44,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
                 ahead = [kk for kk in ahead
                          if 0 <= kk < depth and ctx.allows(kk) and not beyond_extent(ctx, kk, limit, direction)]
                 ctx.predictor.prefetch(ctx.volume, ahead, crop)
-            mask, score = step(ctx, k, crop, previous, positives, negatives)
+            mask, score = step(ctx, k, crop, previous, positives, negatives, guide=_guide(ctx, extents, k))
             reason = stop_reason(ctx, k, crop, mask, score, previous, largest, reference)
             for plugin in ctx.plugins:
                 reason = plugin.stop(k, mask, reason)
@@ -58,6 +58,14 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
         if s.encode_ahead > 0:
             ctx.predictor.cancel_prefetch()  # slices queued past where this direction stopped
     return result
+
+
+def _guide(ctx: WalkContext, extents: Extents | None, k: int) -> np.ndarray | None:
+    """With a box prompt, slice k's box (x0, y0, x1, y1) from the planes' ranges there (None elsewhere)."""
+    if ctx.bounds is None or not extents or k not in extents or any(r is None for r in extents[k]):
+        return None
+    rows, cols = extents[k]
+    return np.array([cols[0], rows[0], cols[1], rows[1]], np.float32)
 
 
 def _farthest(extents: Extents | None, start_k: int, direction: int) -> int | None:

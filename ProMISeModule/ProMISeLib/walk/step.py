@@ -20,12 +20,14 @@ from ProMISeLib.walk.search import fused_choice
 
 def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, positives, negatives,
          require: tuple[int, int] | None = None, forbid: tuple[int, int] | None = None,
-         scales: tuple[float, ...] | None = None, verify: bool = True) -> tuple[np.ndarray | None, float]:
+         scales: tuple[float, ...] | None = None, verify: bool = True, guide: np.ndarray | None = None
+         ) -> tuple[np.ndarray | None, float]:
     """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0).
 
     With ``require`` (crop row, column) only candidates that reach that point count; with ``forbid``
     only those that leave it out, if any does. ``scales`` replaces ``propagation_scales``. Without
     ``verify`` the candidates are scored by the predicted IoU alone, not re-decoded from their own boxes.
+    ``guide`` (x0, y0, x1, y1 on the slice) is one more box: the one a box prompt's planes give slice k.
     """
     s = ctx.settings
     embedding = ctx.embedding(k, crop)
@@ -42,6 +44,9 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
              for f in (scales or s.propagation_scales)]
     if coarse is not None and coarse.box is not None:  # the learned box's mask is one more candidate
         boxes.append(coarse.box + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
+    if guide is not None:
+        boxes.append(guide - np.array([crop.i0, crop.j0] * 2, np.float32)
+                     + np.array([-1, -1, 1, 1], np.float32) * s.box_margin_px)
     boxes = ctx.exclude(np.stack(boxes).astype(np.float32), k, crop, negatives)
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
     first = ctx.predictor.decode(embedding, crop.side, boxes, points, labels)

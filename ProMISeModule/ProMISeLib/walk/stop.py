@@ -29,5 +29,7 @@ def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | N
 
 
 def beyond_extent(ctx: WalkContext, k: int, limit: int | None, direction: int) -> bool:
-    """Whether slice k is past the farthest slice the orthogonal planes reach on this side (and its slack)."""
-    return limit is not None and (k - limit) * direction > ctx.settings.orthogonal_tolerance
+    """Whether slice k is past the farthest slice the orthogonal planes reach on this side (and its slack;
+    none for the planes a box prompted)."""
+    slack = 0 if ctx.bounds is not None else ctx.settings.orthogonal_tolerance
+    return limit is not None and (k - limit) * direction > slack
