@@ -75,6 +75,18 @@ def test_a_positive_click_on_a_missed_slice_extends_the_walk_there():
     assert all(refined.masks[k].sum() == lesion.masks[2].sum() for k in refined.masks)
 
 
+def test_a_positive_click_carries_its_own_intensity_into_the_walk_from_it():
+    """The lesion's far part is darker (slices 10-17 at 150 against 200), and the walk had stopped at slice 10 on
+    the intensity rule. A positive click on slice 13 says the darker tissue is lesion: the walk from it fills the
+    gap (10-12) and goes on to the lesion's end (17), instead of stopping beside the click."""
+    volume = _cylinder(2, 17)
+    darker = volume[10:18]
+    darker[darker > 128] = 150.0
+    lesion = _lesion(volume, list(range(2, 10)))  # its intensity reference is 200
+    refined = correct(_context(volume), lesion, (13, 32, 32), True, [])
+    assert sorted(refined.masks) == list(range(2, 18))
+
+
 def test_a_negative_click_that_leaves_its_slice_empty_ends_the_lesion_there():
     """The walk ran on past the lesion onto a one-pixel-wide streak (slices 14-17): a negative click on the
     streak leaves nothing on its slice, so that slice and everything beyond it go; the lesion's own slices
@@ -153,6 +165,28 @@ def test_a_box_prompt_bounds_a_real_result_and_the_same_prompts_give_the_same_ma
     assert not (mask & outside).any()
     again = Segmenter(device="cpu").segment(volume, geometry, None, space="ijk", box=box)
     np.testing.assert_array_equal(again.mask, first.mask)
+
+
+@pytest.mark.slow
+def test_a_positive_click_beside_the_mask_on_its_slice_grows_one_structure_holding_both(brain):
+    """brain1's first click off the tumour's centre (the protocol's random:1 click) takes part of it on its slice;
+    a positive click at the deepest missed voxel there gives one connected structure that holds the click and all
+    of the earlier mask, not the earlier part plus a second one."""
+    from ProMISeLib.engine import Segmenter
+    from scipy import ndimage
+
+    volume, geometry, truth = brain
+    segmenter = Segmenter(device="cpu")
+    click = (190, 134, 12)  # (i, j, k)
+    k = click[2]
+    before = segmenter.segment(volume, geometry, [click], space="ijk").mask[k].astype(bool)
+    missed = truth[k].astype(bool) & ~before
+    assert missed.sum() > 0.3 * truth[k].sum()  # the premise: the first click took only part of the slice
+    depth = ndimage.distance_transform_edt(missed)
+    j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    after = segmenter.segment(volume, geometry, [click, (i, j, k)], space="ijk").mask[k].astype(bool)
+    assert after[j, i] and not (before & ~after).any()
+    assert ndimage.label(after)[1] == 1
 
 
 def test_a_negative_click_emptying_a_slice_cuts_off_the_shorter_part_not_the_lesion():

@@ -1,7 +1,11 @@
 """Corrections: a further click on a computed lesion redoes only its neighbourhood.
 
-- A **positive** click adds the structure that the seed's box search finds at it (on the lesion's crop)
-  to its slice, then follows that structure to the neighbouring slices, adding it to the lesion's masks.
+- A **positive** click beside the lesion's mask on its slice asks for one structure holding both: the box
+  around the mask and the click is decoded, and its component at the click joins the mask (if it keeps at
+  least half the mask). On a slice without mask, or where that fails, the click adds the structure that the
+  seed's box search finds at it (on the lesion's crop). Either way the new mask is followed to the
+  neighbouring slices, adding to the lesion's masks; the intensity stop there reads the clicked structure's
+  own intensity (the user has said it is lesion), not the seed slice's.
   It stays within the lesion's slices, except on the side where the click lies past the lesion's end:
   there it goes on at most ``correction_extend_mm`` past the click (another click there extends it
   further). It only adds voxels. (A reseed that walked on until the lesion ends was measured and not
@@ -22,10 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from ProMISeLib.walk.context import Voxel, WalkContext
-from ProMISeLib.walk.masks import SliceMasks, component_at, iou
+from ProMISeLib.walk.masks import SliceMasks, box_of, component_at, iou
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
-from ProMISeLib.walk.stop import stop_reason
+from ProMISeLib.walk.stop import intensity_reference, stop_reason
 
 
 def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
@@ -35,6 +39,26 @@ def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
     if below != above:
         return 1 if above < below else -1
     return 1 if k >= start_k else -1
+
+
+def _grown(ctx: WalkContext, k: int, crop, mask: np.ndarray, click_ji: tuple[int, int],
+           negatives: list[Voxel]) -> np.ndarray | None:
+    """A positive click beside slice k's mask asks for a structure that holds both: the box around the mask
+    and the click, decoded. Its component at the click, with the mask; None where it leaves half the mask out."""
+    s = ctx.settings
+    radius = max(1, ctx.radius_px())
+    x0, y0, x1, y1 = box_of(mask)
+    cj, ci = click_ji
+    box = np.array([min(x0, ci - radius), min(y0, cj - radius), max(x1, ci + radius + 1),
+                    max(y1, cj + radius + 1)], np.float32)
+    pad = (box[2:] - box[:2]) * s.box_margin + s.box_margin_px
+    box = ctx.exclude((box + np.concatenate([-pad, pad]))[None], k, crop, negatives)
+    decoded = ctx.predictor.decode(ctx.embedding(k, crop), crop.side, box, None, None).masks[0]
+    inside = ctx.box_mask(crop)
+    grown = component_at(decoded if inside is None else decoded & inside, click_ji, radius, s.fill_holes)
+    if not grown.any() or np.count_nonzero(grown & mask) < 0.5 * np.count_nonzero(mask):
+        return None
+    return grown | mask
 
 
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
@@ -52,7 +76,9 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
                         reference=lesion.reference)
     depth = ctx.volume.shape[0]
     if positive:
-        found, score = search(ctx, k, (j, i), crop, [], negatives, verify=False)  # the seed's search
+        grown = _grown(ctx, k, crop, old[k], click_ji, negatives) if k in old else None
+        found, score = (grown, 1.0) if grown is not None else search(ctx, k, (j, i), crop, [], negatives,
+                                                                     verify=False)  # the seed's search
         if not found.any() or score < s.min_seed_score:
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
             disk = np.zeros_like(nearest)
@@ -65,6 +91,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
             return lesion
         result.masks[k] = found | old[k] if k in old else found
         follow, largest = found, int(found.sum())
+        reference = intensity_reference(ctx, k, crop, found)  # the user says this is lesion: its own intensity
         extend = max(1, int(np.ceil(s.correction_extend_mm / ctx.slice_mm)))  # past a click beyond an end
         lo = max(0, k - extend) if k < min(old) else min(old)
         hi = min(depth - 1, k + extend) if k > max(old) else max(old)
@@ -82,6 +109,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
             return result
         result.masks[k] = new
         follow, largest = new, max(int(m.sum()) for m in old.values())
+        reference = lesion.reference
         lo, hi = min(old), max(old)
     for direction in (1, -1):
         towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
@@ -90,7 +118,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
             mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False)
             if not positive and mask is not None:
                 mask = mask & old[kk]
-            reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, lesion.reference)
+            reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, reference)
             if reason:  # the rest stays as it was
                 result.stops.append(f"refinement at slice {k} stopped at slice {kk}: {reason}")
                 break

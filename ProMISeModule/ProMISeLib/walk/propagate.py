@@ -9,7 +9,7 @@ from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.masks import SliceMasks
 from ProMISeLib.walk.planes import Extents
 from ProMISeLib.walk.step import step
-from ProMISeLib.walk.stop import beyond_extent, stop_reason
+from ProMISeLib.walk.stop import beyond_extent, intensity_reference, stop_reason
 
 
 def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
@@ -21,8 +21,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
     box prompt's end.
     """
     s = ctx.settings
-    ref_pixels = crop.extract(ctx.volume[start_k])[start_mask]
-    reference = (float(ref_pixels.mean()), float(max(ref_pixels.std(), 4.0)))
+    reference = intensity_reference(ctx, start_k, crop, start_mask)
     result = SliceMasks(crop=crop, masks={start_k: start_mask}, start_k=start_k, reference=reference)
     depth = ctx.volume.shape[0]
     done = 0

@@ -8,6 +8,12 @@ from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import WalkContext
 
 
+def intensity_reference(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray) -> tuple[float, float]:
+    """The lesion's intensity mean and SD (at least 4) under ``mask`` on slice k: what the intensity stop reads."""
+    pixels = crop.extract(ctx.volume[k])[mask]
+    return float(pixels.mean()), float(max(pixels.std(), 4.0))
+
+
 def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | None, score: float,
                 previous: np.ndarray, largest: int, reference: tuple[float, float]) -> str | None:
     """Why the lesion ends at slice k (the mask vanished, grew, lost confidence or intensity), or None.
