@@ -63,6 +63,20 @@ def _lesion(volume, slices) -> SliceMasks:
     return SliceMasks(crop=crop, masks=masks, start_k=slices[0], reference=(200.0, 4.0))
 
 
+def test_the_walk_follows_a_lesion_whose_intensity_drifts_and_ends_where_it_jumps():
+    """Found on slice 4 at intensity 200, the lesion darkens by 6 a slice to 140 on slice 14 (a drift no step of
+    which is 2.5 SDs), then turns bright again past it (200 on slices 15-21: a jump). The walk follows the drift
+    and ends at the jump."""
+    volume = _cylinder(2, 21)
+    disc = volume[2] > 128
+    for k in range(5, 15):
+        volume[k][disc] = 200.0 - 6 * (k - 4)
+    crop = CropWindow(0, 0, 64)
+    lesion = propagate(_context(volume), 4, crop, crop.extract(volume[4]) > 128, [], [])
+    assert sorted(lesion.masks) == list(range(2, 15))
+    assert any("stopped at slice 15: intensity" in note for note in lesion.stops)
+
+
 def test_a_positive_click_on_a_missed_slice_extends_the_walk_there():
     """The walk had stopped at slice 6 of a lesion on slices 2-17; a click on slice 9 fills the gap up to it and
     goes on past it by ``correction_extend_mm`` (10 mm: 5 slices of 2 mm), the whole cross-section each time."""

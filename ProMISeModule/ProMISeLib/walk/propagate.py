@@ -27,6 +27,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
     done = 0
     estimate = max(8, 2 * int(round(np.sqrt(start_mask.sum()) * ctx.pixel_mm / 3)))
     for direction in (1, -1):
+        reference = result.reference
         previous = start_mask
         largest = start_mask.sum()
         k = start_k + direction
@@ -53,6 +54,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
             result.masks[k] = mask
             largest = max(largest, int(mask.sum()))
             previous = mask
+            reference = intensity_reference(ctx, k, crop, mask)  # a slow drift goes on; a jump ends the lesion
             k += direction
         if s.encode_ahead > 0:
             ctx.predictor.cancel_prefetch()  # slices queued past where this direction stopped

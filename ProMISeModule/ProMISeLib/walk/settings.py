@@ -26,7 +26,7 @@ class PropagationSettings:
     propagation_scales: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0, 1.1)  # box sizes tried around the previous mask
     min_area_fraction: float = 0.04  # stop: the mask is smaller than this fraction of the largest slice so far
     max_growth: float = 2.2  # stop: the mask's area grew by more than this ratio from the previous slice
-    intensity_z: float = 2.5  # stop: the mask's mean intensity moved more than this many lesion SDs
+    intensity_z: float = 2.5  # stop: the mask's mean intensity jumped more than this many SDs from the last slice's
     min_score: float = 0.7  # stop: the chosen mask's score (predicted IoU x self-consistency) is lower
     orthogonal_stop: bool = True  # stop past the lesion's end seen in the coronal/sagittal planes through the click
     orthogonal_context_mm: float = 160.0  # crop side in the coronal/sagittal planes
