@@ -41,21 +41,26 @@ def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
     return 1 if k >= start_k else -1
 
 
+def _click_disk(ctx: WalkContext, like: np.ndarray, click_ji: tuple[int, int]) -> np.ndarray:
+    """A square of ``click_radius_mm`` around the click, as a crop mask shaped like ``like``."""
+    radius = max(1, ctx.radius_px())
+    disk = np.zeros_like(like, dtype=bool)
+    disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
+         max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
+    return disk
+
+
 def _grown(ctx: WalkContext, k: int, crop, mask: np.ndarray, click_ji: tuple[int, int],
            negatives: list[Voxel]) -> np.ndarray | None:
     """A positive click beside slice k's mask asks for a structure that holds both: the box around the mask
     and the click, decoded. Its component at the click, with the mask; None where it leaves half the mask out."""
     s = ctx.settings
-    radius = max(1, ctx.radius_px())
-    x0, y0, x1, y1 = box_of(mask)
-    cj, ci = click_ji
-    box = np.array([min(x0, ci - radius), min(y0, cj - radius), max(x1, ci + radius + 1),
-                    max(y1, cj + radius + 1)], np.float32)
-    pad = (box[2:] - box[:2]) * s.box_margin + s.box_margin_px
-    box = ctx.exclude((box + np.concatenate([-pad, pad]))[None], k, crop, negatives)
+    box = box_of(mask | _click_disk(ctx, mask, click_ji), s.box_margin, s.box_margin_px)
+    box = ctx.exclude(box[None], k, crop, negatives)
     decoded = ctx.predictor.decode(ctx.embedding(k, crop), crop.side, box, None, None).masks[0]
     inside = ctx.box_mask(crop)
-    grown = component_at(decoded if inside is None else decoded & inside, click_ji, radius, s.fill_holes)
+    grown = component_at(decoded if inside is None else decoded & inside, click_ji, max(1, ctx.radius_px()),
+                         s.fill_holes)
     if not grown.any() or np.count_nonzero(grown & mask) < 0.5 * np.count_nonzero(mask):
         return None
     return grown | mask
@@ -81,11 +86,8 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
                                                                      verify=False)  # the seed's search
         if not found.any() or score < s.min_seed_score:
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
-            disk = np.zeros_like(nearest)
-            radius = max(1, ctx.radius_px())
-            disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
-                 max(click_ji[1] - radius, 0) : click_ji[1] + radius + 1] = True
-            found, _ = step(ctx, k, crop, nearest | disk, [], negatives, require=click_ji, verify=False)
+            found, _ = step(ctx, k, crop, nearest | _click_disk(ctx, nearest, click_ji), [], negatives,
+                            require=click_ji, verify=False)
         if found is None or not found.any():
             ctx.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
             return lesion

@@ -51,6 +51,14 @@ def component_at(mask: np.ndarray, point_ji: tuple[int, int], radius: int = 0, f
     return labels == value if value else np.zeros_like(mask, dtype=bool)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of ``mask`` (empty if it has none)."""
+    labels, count = ndimage.label(mask)
+    if not count:
+        return np.zeros_like(mask, dtype=bool)
+    return labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
+
+
 def box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np.ndarray:
     """(x0, y0, x1, y1) box of a mask, widened by a relative and an absolute margin."""
     rows = np.flatnonzero(mask.any(axis=1))

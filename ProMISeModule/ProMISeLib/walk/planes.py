@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
+from ProMISeLib.walk.masks import largest_component
 from ProMISeLib.walk.search import best_at_click
 
 #: {k: (rows (j0, j1) or None, cols (i0, i1) or None)} for the axial slices the lesion reaches in either plane.
@@ -85,10 +86,10 @@ def box_extents(ctx: WalkContext) -> Extents:
         mask = decoded & inside
         if s.fill_holes:
             mask = ndimage.binary_fill_holes(mask)
-        labels, count = ndimage.label(mask)
-        if not count:
+        mask = largest_component(mask)
+        if not mask.any():
             continue
         full = np.zeros(resampled.shape, dtype=bool)
-        crop.paste(full, labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1)))))
+        crop.paste(full, mask)
         _read_back(extents, full, axis, per_slice)
     return {kk: (v[0], v[1]) for kk, v in extents.items()}

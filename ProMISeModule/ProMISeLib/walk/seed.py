@@ -13,7 +13,7 @@ from scipy import ndimage
 from ProMISeLib.errors import EmptySegmentationError
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
-from ProMISeLib.walk.masks import box_of, component_at
+from ProMISeLib.walk.masks import box_of, component_at, largest_component
 from ProMISeLib.walk.search import best_at_click
 
 
@@ -71,10 +71,9 @@ def seed_from_box(ctx: WalkContext, negatives) -> tuple[Voxel, CropWindow, np.nd
     mask = out.masks[0] & ctx.box_mask(crop)
     if s.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
-    labels, count = ndimage.label(mask)
-    if not count:
+    mask = largest_component(mask)
+    if not mask.any():
         raise EmptySegmentationError("no structure found inside the box; draw it around the lesion")
-    mask = labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
     seed_ji = (int(round(centre[0])), int(round(centre[1])))
     return (k, *seed_ji), crop, mask, float(out.iou[0])
 
