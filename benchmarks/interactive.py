@@ -11,7 +11,7 @@ Then up to ``--clicks`` corrective clicks (5 in the protocol), each at the deepe
 error region (``sample_data.corrective_click``): positive on a miss, negative on a false part. Every click
 is a new ``Segmenter.segment`` call with all the prompts so far, as the Slicer panel and the CLI make it.
 
-    python benchmarks/interactive.py --out RUN --shard 0/2 &  python benchmarks/interactive.py --out RUN --shard 1/2
+    python benchmarks/interactive.py --out RUN --modes centre,random:1,random:2,box --clicks 3     # 2 processes
     python benchmarks/interactive.py --summary RUN --baseline BASE --plot benchmarks/results/interactive.png
 
 ``--summary`` prints mean and median Dice after each click, NoC@0.80 and NoC@0.85 (the clicks needed to
@@ -31,99 +31,35 @@ import argparse
 import json
 import statistics
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import load, make_segmenter, prompter_for, protocol, quantiles, run_cases, select
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import (
-    corrective_click,
-    lesion_click,
-    load_cases,
-    random_lesion_click,
-    read_case,
-    select_cases,
-)
-from ProMISeLib.metrics import dice, hd95
+from ProMISeLib.io.sample_data import load_cases, random_lesion_click, read_case
 
 SIZES = ((0.0, 5.0, "under 5 mL"), (5.0, 50.0, "5-50 mL"), (50.0, float("inf"), "over 50 mL"))
 TARGETS = (0.80, 0.85)
 
 
-def label_box(truth: np.ndarray) -> list[list[int]]:
-    """The label's bounding box, one voxel larger on each side, as (i, j, k) corners."""
-    found = np.argwhere(truth)
-    lo = np.maximum(found.min(axis=0) - 1, 0)
-    hi = np.minimum(found.max(axis=0) + 1, np.array(truth.shape) - 1)
-    return [lo[::-1].tolist(), hi[::-1].tolist()]
-
-
-def first_prompt(mode: str, truth: np.ndarray, spacing_kji, case_id: str) -> dict:
-    """The first prompt of a mode: {"points": [...], "box": corners or None} in (i, j, k)."""
-    if mode.startswith("box"):
-        return {"points": [], "box": label_box(truth)}
-    if mode == "centre":
-        click = lesion_click(truth)
-    else:
-        seed = int(mode.removeprefix("random:"))
-        click = random_lesion_click(truth, spacing_kji, np.random.default_rng([seed, zlib.crc32(case_id.encode())]))
-    return {"points": [list(click[::-1])], "box": None}
-
-
-def run_mode(segmenter: Segmenter, volume, geometry, truth, mode: str, clicks: int, case_id: str) -> dict:
-    """One scan, one first prompt, then the corrective clicks: a row of steps."""
-    spacing_kji = geometry.spacing[::-1]
-    prompt = first_prompt(mode, truth, spacing_kji, case_id)
-    positives, negatives, box = [tuple(p) for p in prompt["points"]], [], prompt["box"]
-    steps, result = [], None
-    segmenter.memory.clear()
-    corrections = clicks if mode != "box" else 0
-    try:
-        for n in range(corrections + 1):
-            if n:
-                found = corrective_click(result.mask, truth, spacing_kji)  # the previous prompt's result
-                if found is None:
-                    break
-                click, positive = found
-                (positives if positive else negatives).append(tuple(click[::-1]))
-            kwargs = {"box": box} if box is not None else {}
-            started = time.perf_counter()
-            result = segmenter.segment(volume, geometry, positives or None, negative_points=negatives or None,
-                                       space="ijk", **kwargs)
-            mask = result.mask.astype(bool)
-            steps.append({"dice": dice(mask, truth), "hd95_mm": hd95(mask, truth, spacing_kji) if mask.any() else None,
-                          "seconds": time.perf_counter() - started, "positive": None if not n else positive,
-                          "decoded_prompts": result.decoded_prompts})
-    except (ProMISeError, TypeError) as exc:  # TypeError: an engine without box prompts (an older baseline)
-        return {"steps": steps, "error": str(exc).splitlines()[0]}
-    return {"steps": steps, "method": result.method if result is not None else None}
+def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None, runtime: str) -> dict:
+    """One scan through the protocol, for every first prompt of ``modes``."""
+    segmenter = make_segmenter(runtime, prompts)
+    if prompts != "heuristic":
+        segmenter.set_prompter_weights(prompter_for(case.id, folds))
+    scan = load(case)
+    row = {"case": case.id, "volume_ml": scan.volume_ml, "prompter": "held-out fold" if folds else "shipped",
+           "modes": {}}
+    for mode in modes.split(","):
+        row["modes"][mode] = protocol(segmenter, scan, mode, clicks)
+    return row
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cases = select_cases(args.cases, args.shard)
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=600)
-    for case in cases:
-        target = out / f"{case.id}.json"
-        if target.exists():
-            continue
-        if args.folds and args.prompts != "heuristic":
-            from ProMISeTrain.prompter_pipeline import held_out_fold
-
-            segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
-        volume, geometry, truth = read_case(case)
-        segmenter.cache.clear()
-        row = {"case": case.id, "volume_ml": float(truth.sum() * geometry.voxel_volume_ml),
-               "prompter": "held-out fold" if args.folds else "shipped", "modes": {}}
-        for mode in args.modes.split(","):
-            row["modes"][mode] = run_mode(segmenter, volume, geometry, truth, mode, args.clicks, case.id)
-        target.write_text(json.dumps(row, indent=1))
-        print(json.dumps({"case": case.id, **{m: [round(s["dice"], 3) for s in r["steps"]]
-                                              for m, r in row["modes"].items()}}), flush=True)
+    run_cases(protocol_job, select(args.cases, args.shard), Path(args.out), jobs=args.jobs, threads=args.threads,
+              modes=args.modes, clicks=args.clicks, prompts=args.prompts, folds=args.folds, runtime=args.runtime)
 
 
 def _curve(steps: list[dict], clicks: int) -> list[float]:
@@ -142,7 +78,8 @@ def table(rows: list[dict], clicks: int, title: str = "") -> list[str]:
     modes = sorted({m for r in rows for m in r["modes"]}, key=lambda m: (m.startswith("box"), m))
     header = " | ".join(f"{n + 1}" for n in range(clicks + 1))
     lines = [f"{title}| first prompt | scans | mean Dice after 1 .. {clicks + 1} prompts: {header} | median after "
-             f"1 / 4 / {clicks + 1} | NoC@0.80 | NoC@0.85 | median s per correction | clicks lowering Dice > 0.02 |",
+             f"1 / 4 / {clicks + 1} | NoC@0.80 | NoC@0.85 | s per correction: median / p90 / max | "
+             "clicks lowering Dice > 0.02 |",
              "|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         runs = [r["modes"][mode] for r in rows if mode in r["modes"] and r["modes"][mode]["steps"]]
@@ -155,7 +92,8 @@ def table(rows: list[dict], clicks: int, title: str = "") -> list[str]:
         later = [s["seconds"] for r in runs for s in r["steps"][1:]]
         drops = [b["dice"] - a["dice"] for r in runs for a, b in zip(r["steps"], r["steps"][1:], strict=False)]
         noc = [f"{statistics.mean(_noc(c, t) for c in curves):.2f}" if depth else "-" for t in TARGETS]
-        seconds = f"{statistics.median(later):.2f}" if later and any(later) else "-"
+        spread = quantiles(later)
+        seconds = f"{spread['median']:.2f} / {spread['p90']:.1f} / {spread['max']:.1f}" if later and any(later) else "-"
         lines.append(f"| {mode} | {len(runs)} | {means} | {medians} | {noc[0]} | {noc[1]} | {seconds} | "
                      f"{sum(d < -0.02 for d in drops)} of {len(drops)} |")
     return lines
@@ -234,7 +172,7 @@ def soak(args: argparse.Namespace) -> None:
         return float("nan")
 
     torch.set_num_threads(args.threads)
-    cases = select_cases(args.cases)[:3]
+    cases = select(args.cases)[:3]
     scans = [read_case(c) for c in cases]
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, cache_mb=300)
     rng = np.random.default_rng(0)
@@ -274,6 +212,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each by default)")
     parser.add_argument("--summary", default=None, help="print the tables of this results folder and exit")
     parser.add_argument("--baseline", default=None, help="with --summary: another run's folder, for comparison")
     parser.add_argument("--plot", default=None, help="with --summary: write the Dice-against-clicks PNG here")

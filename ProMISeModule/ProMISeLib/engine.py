@@ -31,6 +31,7 @@ from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.result import SegmentationResult, bounding_box
+from ProMISeLib.runtime.embedding_store import EmbeddingStore
 from ProMISeLib.runtime.loader import check_precision, choose_runtime, load_backend, resolve_device
 from ProMISeLib.runtime.predictor import EmbeddingCache, SlicePredictor
 from ProMISeLib.walk import PropagationSettings, SliceMasks, WalkPlugin, assemble
@@ -60,7 +61,7 @@ class Segmenter:
                  cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "auto",
                  onnx_dir: str | None = None, precision: str = "fp32", parity_permuted_click: bool = False,
                  prompts: str = "auto", prompter_weights: str | None = None,
-                 plugins: Sequence[WalkPlugin] = ()) -> None:
+                 plugins: Sequence[WalkPlugin] = (), embedding_store: str | EmbeddingStore | None = None) -> None:
         """``prompts`` chooses how clicks become per-slice boxes: ``heuristic`` (the rule-based box
         search), ``learned`` (the backbone's trained prompter, or ``prompter_weights``, picks each box),
         ``fused`` (the rule-based candidates, ranked by the learned prompter), or ``auto``: the mode the
@@ -73,6 +74,9 @@ class Segmenter:
 
         ``plugins`` (:class:`~ProMISeLib.walk.WalkPlugin`) see every step of the walk and may choose its
         candidate, end it, or change the torch model (the walk's one extension point).
+
+        ``embedding_store`` (a folder, or an :class:`EmbeddingStore`) keeps every crop's embedding on disk, so a
+        later run (another process, another day) encodes only crops it has not seen.
 
         ``parity_permuted_click`` (ProMISe 3D models only) passes the click the way the official tester
         does (in-plane coordinates swapped), to reproduce published numbers.
@@ -104,7 +108,9 @@ class Segmenter:
         self._settings_given = settings is not None  # else the fused prompts add their own stop settings
         self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
                                                         encode_ahead=2 if self.device.type == "cuda" else 0)
-        self.cache = EmbeddingCache(cache_mb)
+        if embedding_store is not None and not isinstance(embedding_store, EmbeddingStore):
+            embedding_store = EmbeddingStore(embedding_store)
+        self.cache = EmbeddingCache(cache_mb, embedding_store)
         self.memory = LesionMemory()  # lesions found on the current volume, for cheap refinement clicks
         self._predictor: SlicePredictor | None = None
         self._normalised: tuple[weakref.ref, str, np.ndarray, str] | None = None
@@ -144,6 +150,8 @@ class Segmenter:
             backend = load_backend(self.spec, self.runtime, self.device, self.precision, self.weights_path,
                                    self.onnx_dir, fallback, self.messages,
                                    [p.adapt_model for p in self.plugins if p.adapts_model])
+            for plugin in self.plugins:
+                backend = plugin.adapt_backend(backend)
             self.runtime = "onnx" if backend.runtime.startswith("onnx") else "torch"
             # On a CPU one slice per encoder call is the fastest per slice (batches of 4 were 5-25% slower on
             # both runtimes) and needs a quarter of the activations' memory.
@@ -249,7 +257,11 @@ class Segmenter:
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
             raise EmptySegmentationError("the result is empty (negative clicks removed everything)")
+        store = self.cache.store
         messages = self.messages + list(ctx.messages) + _lesion_notes(lesions, volume.shape)
+        if store is not None and store.messages:
+            messages += store.messages
+            store.messages.clear()
         if progress:
             progress(1.0, "done")
         return SegmentationResult(

@@ -23,14 +23,21 @@ import torch
 import torch.nn.functional as F
 
 from ProMISeLib.io.preprocess import CropWindow, InputScaling
+from ProMISeLib.runtime.embedding_store import EmbeddingStore
 from ProMISeLib.runtime.torch_backend import TorchBackend
 
 
 class EmbeddingCache:
-    """Least-recently-used store of image embeddings, bounded in megabytes."""
+    """Least-recently-used store of image embeddings, bounded in megabytes.
 
-    def __init__(self, max_mb: float = 1024.0) -> None:
+    With a ``store`` (:class:`~ProMISeLib.runtime.embedding_store.EmbeddingStore`) a miss in memory is
+    looked up on disk, and every new embedding is written there too, as the store keeps it (so a cold and a
+    warm store give the same values).
+    """
+
+    def __init__(self, max_mb: float = 1024.0, store: EmbeddingStore | None = None) -> None:
         self.max_bytes = int(max_mb * 1e6)
+        self.store = store
         self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -40,23 +47,37 @@ class EmbeddingCache:
     def get(self, key: tuple) -> torch.Tensor | None:
         with self._lock:
             value = self._items.get(key)
-            if value is None:
+            if value is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return value
+        stored = self.store.get(key) if self.store is not None else None
+        with self._lock:
+            if stored is None:
                 self.misses += 1
                 return None
-            self._items.move_to_end(key)
             self.hits += 1
-            return value
+        self._remember(key, stored)
+        return stored
 
-    def put(self, key: tuple, value: torch.Tensor) -> None:
+    def put(self, key: tuple, value: torch.Tensor) -> torch.Tensor:
+        """Keep ``value`` for ``key``; returns the value as kept (rounded as the store keeps it, with a store)."""
+        if self.store is not None:
+            value = self.store.round(value)
+            self.store.put(key, value)
+        return self._remember(key, value)
+
+    def _remember(self, key: tuple, value: torch.Tensor) -> torch.Tensor:
         size = value.element_size() * value.nelement()
         with self._lock:
             if key in self._items:
-                return
+                return self._items[key]
             self._items[key] = value
             self._bytes += size
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.element_size() * old.nelement()
+        return value
 
     def peek(self, key: tuple) -> torch.Tensor | None:
         """The cached value without counting a hit or a miss, nor refreshing its age."""
@@ -64,8 +85,11 @@ class EmbeddingCache:
             return self._items.get(key)
 
     def __contains__(self, key: tuple) -> bool:
+        """Whether ``key`` is kept, in memory or in the store."""
         with self._lock:
-            return key in self._items
+            if key in self._items:
+                return True
+        return self.store is not None and self.store.has(key)
 
     def clear(self) -> None:
         with self._lock:
@@ -166,9 +190,8 @@ class SlicePredictor:
         try:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
-                for k, embedding in zip(batch, self._encode([crops[k] for k in batch]), strict=True):
-                    self.cache.put(keys[k], embedding)
-                    result[k] = embedding
+                for k, encoded in zip(batch, self._encode([crops[k] for k in batch]), strict=True):
+                    embedding = result[k] = self.cache.put(keys[k], encoded)
                     with self._lock:
                         self.encoded += 1
                         self._inflight.pop(keys[k], None)
@@ -194,8 +217,7 @@ class SlicePredictor:
             if embedding is not None:
                 self._count_ahead_used(key)
                 return embedding
-        embedding = self._encode([pixels])[0]
-        self.cache.put(key, embedding)
+        embedding = self.cache.put(key, self._encode([pixels])[0])
         with self._lock:
             self.encoded += 1
         return embedding
@@ -230,8 +252,7 @@ class SlicePredictor:
             return
         try:
             with torch.inference_mode():  # thread-local: the caller's mode does not reach this thread
-                embedding = self._encode([pixels])[0]
-            self.cache.put(key, embedding)
+                embedding = self.cache.put(key, self._encode([pixels])[0])
             with self._lock:
                 self.encoded_ahead += 1
                 self._ahead[key] = None

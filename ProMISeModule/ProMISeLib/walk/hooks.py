@@ -48,6 +48,11 @@ class WalkPlugin:
     def adapt_model(self, module) -> None:
         """Change the frozen model's torch module in place before it runs (PyTorch runtime only)."""
 
+    def adapt_backend(self, backend):
+        """The inference backend to run instead of ``backend`` (called once, when the model loads): a wrapper
+        with the same ``encode``/``decode`` that keeps, times or replays what they return. The default: itself."""
+        return backend
+
     def choose(self, step: StepCandidates) -> int | None:
         """The index of the candidate to keep on ``step.k``, or None to keep ``step.chosen``."""
         return None
