@@ -28,8 +28,8 @@ import numpy as np
 from harness import load, make_segmenter, protocol, run_cases, select
 
 #: name: (prompts, first prompt, corrective clicks)
-VARIANTS = {"default": ("auto", "centre", 3), "random": ("auto", "random:1", 3), "heuristic": ("heuristic", "centre", 0),
-            "box": ("auto", "box", 0)}
+VARIANTS = {"default": ("auto", "centre", 3), "random": ("auto", "random:1", 3),
+            "heuristic": ("heuristic", "centre", 0), "box": ("auto", "box", 0)}
 
 
 def _digest(mask: np.ndarray) -> str:
