@@ -36,8 +36,8 @@ def _digest(mask: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask.astype(np.uint8)).tobytes()).hexdigest()
 
 
-def parity_job(case, out: str, variants: str) -> dict:
-    """The rows and masks of one scan, every variant (masks into ``out/<case>.npz``)."""
+def parity_job(case, folder: str, variants: str) -> dict:
+    """The rows and masks of one scan, every variant (masks into ``folder/<case>.npz``)."""
     scan = load(case)
     row: dict = {"case": case.id, "steps": {}}
     masks: dict[str, np.ndarray] = {}
@@ -53,7 +53,7 @@ def parity_job(case, out: str, variants: str) -> dict:
             row["steps"][f"{name}-{n + 1}"]["dice"] = step["dice"]
         if "error" in done:
             row["steps"][f"{name}-error"] = {"sha256": done["error"], "dice": 0.0, "voxels": 0}
-    np.savez_compressed(Path(out) / f"{case.id}.npz", **masks)
+    np.savez_compressed(Path(folder) / f"{case.id}.npz", **masks)
     return row
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     if args.compare:
         raise SystemExit(1 if compare(Path(args.compare[0]), Path(args.compare[1])) else 0)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    run_cases(parity_job, select(args.cases), Path(args.out), jobs=args.jobs, threads=args.threads, out=args.out,
+    run_cases(parity_job, select(args.cases), Path(args.out), jobs=args.jobs, threads=args.threads, folder=args.out,
               variants=args.variants)
 
 
