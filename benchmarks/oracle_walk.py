@@ -35,7 +35,7 @@ from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.io.sample_data import lesion_click, read_case, select_cases
 from ProMISeLib.metrics import dice
-from ProMISeLib.walk import StepCandidates, WalkPlugin
+from ProMISeLib.walk import WalkPlugin, Weighed
 
 VARIANTS = ("engine", "choice", "extent", "choice+extent")
 
@@ -47,10 +47,12 @@ class Oracle(WalkPlugin):
         self.truth: np.ndarray | None = None
         self.parts: frozenset[str] = frozenset()
 
-    def choose(self, step: StepCandidates) -> int | None:
-        target = step.crop.extract(self.truth[step.k].astype(np.uint8)).astype(bool)
+    def choose(self, weighed: Weighed) -> int | None:
+        if weighed.stage not in ("step", "correction"):  # the propagated slices' choices only
+            return None
+        target = weighed.crop.extract(self.truth[weighed.k].astype(np.uint8)).astype(bool)
         if "choice" in self.parts and target.any():
-            return int(np.argmax([dice(c, target) for c in step.candidates]))
+            return int(np.argmax([dice(c, target) for c in weighed.candidates]))
         return None
 
     def stop(self, k: int, mask, reason: str | None) -> str | None:

@@ -35,6 +35,7 @@ from ProMISeLib.runtime.embedding_store import EmbeddingStore
 from ProMISeLib.runtime.loader import check_precision, choose_runtime, load_backend, resolve_device
 from ProMISeLib.runtime.predictor import EmbeddingCache, SlicePredictor
 from ProMISeLib.walk import PropagationSettings, SliceMasks, WalkPlugin, assemble
+from ProMISeLib.walk.choose import chooser_for
 from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.lesions import lesions_afresh, lesions_refined
 from ProMISeLib.walk.memory import LesionMemory
@@ -247,7 +248,7 @@ class Segmenter:
         prompter = self.learned_prompter()
         settings = self.run_settings()
         ctx = WalkContext(predictor, normalised, (geometry.spacing[1], geometry.spacing[0]), geometry.spacing[2],
-                          settings, progress, cancel, prompter=prompter, fused=self.resolved_prompts == "fused",
+                          settings, progress, cancel, chooser=chooser_for(self.resolved_prompts, prompter),
                           plugins=self.plugins, bounds=bounds)
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = lesions_afresh(ctx, positives, negatives, progress)

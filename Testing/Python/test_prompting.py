@@ -319,17 +319,16 @@ def test_shipped_prompter_reproduces_its_validation_dice(cases, mode):
 
 def test_fused_ranking_follows_the_network_between_equally_confident_candidates():
     """Nested structures at a click (a lesion inside a limb) both look self-consistent to the rules;
-    the learned mask decides, and the reported confidence is the best rule score."""
-    from ProMISeLib.walk.context import WalkContext
-    from ProMISeLib.walk.search import fused_choice
+    the learned mask decides (the fused chooser), while the rules alone keep the higher rule score."""
+    from ProMISeLib.walk.choose import Chooser, FusedChooser, chooser_for
 
     lesion = _disc(64, (32, 32), 8).astype(bool)
     limb = _disc(64, (32, 30), 24).astype(bool)
-    chosen, confidence = fused_choice([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 33), 9).astype(bool))
-    assert chosen == 1 and confidence == 0.9
-    chosen, _ = fused_choice([limb, lesion], [0.9, 0.85], coarse=_disc(64, (32, 30), 22).astype(bool))
-    assert chosen == 0
-    assert not WalkContext(None, np.zeros((1, 64, 64), np.float32), (1.0, 1.0), 1.0, fused=True).fused
+    fused = FusedChooser(prompter=None)
+    assert fused.pick([limb, lesion], [0.9, 0.85], _disc(64, (32, 33), 9).astype(bool)) == 1
+    assert fused.pick([limb, lesion], [0.9, 0.85], _disc(64, (32, 30), 22).astype(bool)) == 0
+    assert Chooser().pick([limb, lesion], [0.9, 0.85], _disc(64, (32, 33), 9).astype(bool)) == 0
+    assert type(chooser_for("fused", None)) is Chooser  # no prompter: the rules choose
 
 
 def test_a_segmenter_switches_prompter_files_and_keeps_its_cache(tmp_path):

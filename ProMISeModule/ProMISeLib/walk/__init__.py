@@ -2,7 +2,8 @@
 
 One stage a file, sharing one :class:`~ProMISeLib.walk.context.WalkContext`:
 
-- ``search``: the box search at a click (candidates, their scores, the prompt mode's choice);
+- ``search``: the box search at a click (its candidates and their scores);
+- ``choose``: the prompt mode's chooser, the one place where candidates are ranked;
 - ``seed``: the lesion at the click, and the crop re-centred on it;
 - ``planes``: how far the lesion reaches along the slice axis, in the coronal and sagittal planes;
 - ``step`` / ``stop`` / ``propagate``: the slice-by-slice walk both ways and where it ends;
@@ -12,8 +13,8 @@ One stage a file, sharing one :class:`~ProMISeLib.walk.context.WalkContext`:
 - ``settings``: every tunable constant; ``hooks``: the one extension point (:class:`WalkPlugin`).
 """
 
-from ProMISeLib.walk.hooks import StepCandidates, WalkPlugin
+from ProMISeLib.walk.hooks import WalkPlugin, Weighed
 from ProMISeLib.walk.masks import SliceMasks, assemble
 from ProMISeLib.walk.settings import FUSED_DEFAULTS, PropagationSettings
 
-__all__ = ["FUSED_DEFAULTS", "PropagationSettings", "SliceMasks", "StepCandidates", "WalkPlugin", "assemble"]
+__all__ = ["FUSED_DEFAULTS", "PropagationSettings", "SliceMasks", "WalkPlugin", "Weighed", "assemble"]

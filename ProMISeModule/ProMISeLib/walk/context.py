@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ProMISeLib.errors import SegmentationCancelled
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.runtime.predictor import SlicePredictor
-from ProMISeLib.walk.hooks import WalkPlugin
+from ProMISeLib.walk.choose import Chooser
+from ProMISeLib.walk.hooks import WalkPlugin, Weighed
 from ProMISeLib.walk.settings import PropagationSettings
-
-if TYPE_CHECKING:
-    from ProMISeLib.prompting.prompter import LearnedPrompter
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -28,8 +25,8 @@ Bounds = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 class WalkContext:
     """One volume being segmented: what the seed, the planes, the steps and the corrections all read.
 
-    With a ``prompter`` the learned network picks each slice's box; with ``fused`` as well, the
-    rule-based candidates stay and the network only ranks them (its box's mask joins them).
+    ``chooser`` is the prompt mode (:mod:`ProMISeLib.walk.choose`): which boxes every stage decodes and which
+    candidate it keeps.
     """
 
     predictor: SlicePredictor
@@ -39,15 +36,13 @@ class WalkContext:
     settings: PropagationSettings = field(default_factory=PropagationSettings)
     progress: ProgressFn | None = None
     cancel: CancelFn | None = None
-    prompter: LearnedPrompter | None = None
-    fused: bool = False
+    chooser: Chooser = field(default_factory=Chooser)
     plugins: Sequence[WalkPlugin] = ()
     bounds: Bounds | None = None  # the user's box: the lesion is searched for inside it only
     messages: list[str] = field(default_factory=list)
     decoded_slices: int = 0  # axial slices decoded through this context
 
     def __post_init__(self) -> None:
-        self.fused = self.fused and self.prompter is not None
         self.slice_mm = float(self.slice_mm)
         self.pixel_mm = float(np.sqrt(self.spacing_ji[0] * self.spacing_ji[1]))
 
@@ -64,6 +59,19 @@ class WalkContext:
         self.check_cancel()
         self.decoded_slices += 1
         return self.predictor.embed(self.volume, [k], crop)[k]
+
+    def choose(self, stage: str, k: int, crop: CropWindow | None, previous: np.ndarray | None,
+               candidates: list[np.ndarray], predicted: list[float], scores: list[float], coarse: np.ndarray | None,
+               chooser: Chooser | None = None) -> int:
+        """The index of the candidate kept: the chooser's (``self.chooser`` unless given), then the plug-ins'."""
+        best = (chooser or self.chooser).pick(candidates, scores, coarse)
+        if self.plugins:
+            weighed = Weighed(stage, k, crop, previous, candidates, predicted, scores, coarse, best)
+            for plugin in self.plugins:
+                choice = plugin.choose(weighed)
+                if choice is not None:
+                    best = int(choice)
+        return best
 
     def allows(self, k: int) -> bool:
         """Whether slice k is inside the box prompt's slices (always, without a box)."""

@@ -26,10 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from ProMISeLib.walk.context import Voxel, WalkContext
-from ProMISeLib.walk.masks import SliceMasks, box_of, component_at, iou
+from ProMISeLib.walk.masks import SliceMasks, box_of, component_at
 from ProMISeLib.walk.seed import search
 from ProMISeLib.walk.step import step
-from ProMISeLib.walk.stop import intensity_reference, stop_reason
+from ProMISeLib.walk.stop import back_on_lesion, found_at_click, intensity_reference, stop_reason
 
 
 def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
@@ -83,11 +83,11 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
     if positive:
         grown = _grown(ctx, k, crop, old[k], click_ji, negatives) if k in old else None
         found, score = (grown, 1.0) if grown is not None else search(ctx, k, (j, i), crop, [], negatives,
-                                                                     verify=False)  # the seed's search
-        if not found.any() or score < s.min_seed_score:
+                                                                     verify=False, stage="correction")
+        if not found_at_click(ctx, found, score):
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
             found, _ = step(ctx, k, crop, nearest | _click_disk(ctx, nearest, click_ji), [], negatives,
-                            require=click_ji, verify=False)
+                            require=click_ji, verify=False, stage="correction")
         if found is None or not found.any():
             ctx.messages.append(f"the positive click on slice {k} found no structure there; it changed nothing")
             return lesion
@@ -98,7 +98,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         lo = max(0, k - extend) if k < min(old) else min(old)
         hi = min(depth - 1, k + extend) if k > max(old) else max(old)
     else:
-        new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False)
+        new, _ = step(ctx, k, crop, old[k], [], negatives, forbid=click_ji, verify=False, stage="correction")
         if new is not None:
             new = new & old[k]
             if new[click_ji]:  # no candidate left the click out: cut its component out by hand
@@ -117,7 +117,8 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
         previous, kk = follow, k + direction
         while lo <= kk <= hi and ctx.allows(kk) and not (towards_start and kk == lesion.start_k):
-            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False)
+            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False,
+                               stage="correction")
             if not positive and mask is not None:
                 mask = mask & old[kk]
             reason = stop_reason(ctx, kk, crop, mask, score, previous, largest, reference)
@@ -126,7 +127,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
                 break
             merged = mask | old[kk] if positive and kk in old else mask
             result.masks[kk] = merged
-            if kk in old and iou(merged, old[kk]) >= s.correction_agreement:
+            if back_on_lesion(ctx, merged, old.get(kk)):
                 break  # back on the lesion's own masks: the rest stays
             if positive:
                 largest = max(largest, int(mask.sum()))

@@ -4,16 +4,17 @@ A study that changes how the walk decides (an oracle, a learned ranker) or how t
 decoder token shift) plugs in here instead of patching the walk::
 
     class Oracle(WalkPlugin):
-        def choose(self, step):            # each propagated or corrected slice's candidates
-            return best_index_by_label(step)
+        def choose(self, weighed):         # every choice: the seed, the planes, each step and correction
+            return best_index_by_label(weighed)
         def stop(self, k, mask, reason):   # after the stop rules, on each propagated slice
             return None if label_has_lesion(k) else "the label ends here"
 
     segmenter = Segmenter(plugins=[Oracle()])
 
 Every hook of :class:`WalkPlugin` does nothing by default, so a plug-in overrides only what it needs.
-Hooks run in the order the plug-ins are given. ``choose`` is called where the rule-based or fused prompts
-weigh candidates (``--prompts learned`` picks one box and has no candidates to choose from).
+Hooks run in the order the plug-ins are given. ``choose`` is called wherever the walk weighs candidates
+(``--prompts learned`` decodes one box there and has no candidates to choose from, but where a click
+constrains them).
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ from ProMISeLib.io.preprocess import CropWindow
 
 
 @dataclass(frozen=True)
-class StepCandidates:
-    """What one step of the walk weighed on slice ``k``."""
+class Weighed:
+    """What one choice of the walk weighed: a stage's candidates on slice ``k`` (or on a plane)."""
 
-    k: int
-    crop: CropWindow
-    previous: np.ndarray  # the neighbouring slice's mask the boxes came from
-    candidates: list[np.ndarray]  # crop masks, one per box that reached the previous mask
+    stage: str  # "seed" (the click's slice), "plane" (coronal/sagittal through the click), "step" or "correction"
+    k: int  # the axial slice (the click's slice for "plane")
+    crop: CropWindow | None  # the crop the candidates live in (None on a plane)
+    previous: np.ndarray | None  # the neighbouring slice's mask the boxes came from ("step", "correction")
+    candidates: list[np.ndarray]  # crop masks, one per box that kept a component
     predicted: list[float]  # the model's predicted IoU of each
     scores: list[float]  # the rule score of each (predicted IoU, times self-consistency when verified)
     coarse: np.ndarray | None  # the learned prompter's coarse mask (fused prompts), else None
-    chosen: int  # the index the rules (and the prompter) chose
+    chosen: int  # the index the prompt mode's chooser chose
 
 
 class WalkPlugin:
@@ -53,8 +55,8 @@ class WalkPlugin:
         with the same ``encode``/``decode`` that keeps, times or replays what they return. The default: itself."""
         return backend
 
-    def choose(self, step: StepCandidates) -> int | None:
-        """The index of the candidate to keep on ``step.k``, or None to keep ``step.chosen``."""
+    def choose(self, weighed: Weighed) -> int | None:
+        """The index of the candidate to keep (any stage: ``weighed.stage``), or None to keep ``weighed.chosen``."""
         return None
 
     def stop(self, k: int, mask: np.ndarray | None, reason: str | None) -> str | None:

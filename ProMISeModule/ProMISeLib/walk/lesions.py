@@ -28,7 +28,7 @@ def new_lesion(ctx: WalkContext, click: Voxel | None, positives: list[Voxel], ne
         crop, seed_mask, score = seed(ctx, click, positives, negatives)
     # The learned prompter alone walks to its own end; the rules and the fused prompts read the planes.
     # A box prompt prompts the planes through its centre: they give each slice's box and the lesion's ends.
-    use_extents = ctx.settings.orthogonal_stop and (ctx.prompter is None or ctx.fused)
+    use_extents = ctx.settings.orthogonal_stop and ctx.chooser.reads_planes
     if ctx.bounds is not None:
         extents = box_extents(ctx) if use_extents else None
     else:

@@ -18,6 +18,7 @@ from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import largest_component
 from ProMISeLib.walk.search import best_at_click
+from ProMISeLib.walk.stop import found_at_click
 
 #: {k: (rows (j0, j1) or None, cols (i0, i1) or None)} for the axial slices the lesion reaches in either plane.
 Extents = dict[int, tuple[np.ndarray | None, np.ndarray | None]]
@@ -56,8 +57,9 @@ def orthogonal_extents(ctx: WalkContext, click_kji: Voxel) -> Extents:
         ctx.check_cancel()
         embedding = ctx.predictor.embed(resampled[None], [0], crop)[0]
         click_rc = (click_r - crop.j0, centre - crop.i0)
-        mask, score = best_at_click(ctx, embedding, crop.side, click_rc, in_plane_mm, aspects=s.orthogonal_aspects)
-        if score < s.min_seed_score:
+        mask, score = best_at_click(ctx, "plane", k, None, embedding, crop.side, click_rc, in_plane_mm,
+                                    aspects=s.orthogonal_aspects)
+        if not found_at_click(ctx, mask, score):
             continue
         full = np.zeros(resampled.shape, dtype=bool)
         crop.paste(full, mask)

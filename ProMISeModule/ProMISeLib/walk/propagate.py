@@ -9,7 +9,7 @@ from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.masks import SliceMasks
 from ProMISeLib.walk.planes import Extents
 from ProMISeLib.walk.step import step
-from ProMISeLib.walk.stop import beyond_extent, intensity_reference, stop_reason
+from ProMISeLib.walk.stop import beyond_extent, intensity_reference, walk_ends
 
 
 def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.ndarray, positives, negatives,
@@ -45,11 +45,9 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
                          if 0 <= kk < depth and ctx.allows(kk) and not beyond_extent(ctx, kk, limit, direction)]
                 ctx.predictor.prefetch(ctx.volume, ahead, crop)
             mask, score = step(ctx, k, crop, previous, positives, negatives, guide=_guide(ctx, extents, k))
-            reason = stop_reason(ctx, k, crop, mask, score, previous, largest, reference)
-            for plugin in ctx.plugins:
-                reason = plugin.stop(k, mask, reason)
-            if reason or mask is None:
-                result.stops.append(f"stopped at slice {k}: {reason or 'mask vanished'}")
+            reason = walk_ends(ctx, k, crop, mask, score, previous, largest, reference)
+            if reason:
+                result.stops.append(f"stopped at slice {k}: {reason}")
                 break
             result.masks[k] = mask
             largest = max(largest, int(mask.sum()))

@@ -15,15 +15,16 @@ from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import box_of, component_at, largest_component
 from ProMISeLib.walk.search import best_at_click
+from ProMISeLib.walk.stop import found_at_click
 
 
 def search(ctx: WalkContext, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives,
-           verify: bool = True) -> tuple[np.ndarray, float]:
+           verify: bool = True, stage: str = "seed") -> tuple[np.ndarray, float]:
     """The box search at a voxel of slice k, in ``crop``: the best candidate (crop mask) and its score."""
     embedding = ctx.embedding(k, crop)
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
-    return best_at_click(ctx, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0), ctx.pixel_mm,
-                         lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify,
+    return best_at_click(ctx, stage, k, crop, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
+                         ctx.pixel_mm, lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify,
                          inside=ctx.box_mask(crop))
 
 
@@ -37,7 +38,7 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[Crop
     if np.ptp(crop.extract(ctx.volume[k])) < 1e-3:
         raise EmptySegmentationError("the image is uniform around the click: there is nothing to segment")
     mask, score = search(ctx, k, (j, i), crop, positives, negatives)
-    if not mask.any() or score < s.min_seed_score:
+    if not found_at_click(ctx, mask, score):
         raise EmptySegmentationError(
             "no structure found at the click; click nearer the centre of the lesion or add a positive point"
         )

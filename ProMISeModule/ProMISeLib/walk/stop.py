@@ -1,4 +1,5 @@
-"""Stage 4, the stop rules: where the lesion ends along the walk."""
+"""Every stop decision of the walk: whether a click found anything, where the lesion ends along the walk
+(the rules, then the plug-ins), and where a correction's walk is back on the lesion's own masks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import numpy as np
 
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import WalkContext
+from ProMISeLib.walk.masks import iou
+
+
+def found_at_click(ctx: WalkContext, mask: np.ndarray, score: float) -> bool:
+    """Whether a search at a click found a structure: a mask, scored at least ``min_seed_score``."""
+    return bool(mask.any()) and score >= ctx.settings.min_seed_score
 
 
 def intensity_reference(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray) -> tuple[float, float]:
@@ -39,3 +46,17 @@ def beyond_extent(ctx: WalkContext, k: int, limit: int | None, direction: int) -
     none for the planes a box prompted)."""
     slack = 0 if ctx.bounds is not None else ctx.settings.orthogonal_tolerance
     return limit is not None and (k - limit) * direction > slack
+
+
+def walk_ends(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | None, score: float,
+              previous: np.ndarray, largest: int, reference: tuple[float, float]) -> str | None:
+    """Why the walk ends at slice k: the stop rules' reason, as the plug-ins finally say (None: go on)."""
+    reason = stop_reason(ctx, k, crop, mask, score, previous, largest, reference)
+    for plugin in ctx.plugins:
+        reason = plugin.stop(k, mask, reason)
+    return reason or ("mask vanished" if mask is None else None)
+
+
+def back_on_lesion(ctx: WalkContext, merged: np.ndarray, old: np.ndarray | None) -> bool:
+    """Whether a correction's walk is back on the lesion's own mask of this slice (the rest stays as it was)."""
+    return old is not None and iou(merged, old) >= ctx.settings.correction_agreement
