@@ -212,7 +212,8 @@ class Segmenter:
     def segment(self, volume: np.ndarray, geometry: ImageGeometry, points: Sequence[Sequence[float]] | None = None,
                 negative_points: Sequence[Sequence[float]] | None = None, space: Space = "lps",
                 modality: Modality = "auto", progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, box: Sequence[Sequence[float]] | None = None) -> SegmentationResult:
+                cancel: CancelFn | None = None, box: Sequence[Sequence[float]] | None = None,
+                alternative: int = 0) -> SegmentationResult:
         """Segment the lesion at ``points`` (positive clicks) and/or in ``box`` in a (K, J, I) ``volume``.
 
         Points are in ``space`` ('lps', 'ras' or 'ijk'). ``box`` is two opposite corners in ``space``, an
@@ -220,6 +221,9 @@ class Segmenter:
         the result in all three axes, and clicks refine it. Raises PointOutsideImageError for a click or box
         outside the image, EmptySegmentationError when nothing is found, and SegmentationCancelled when
         ``cancel()`` turns true.
+
+        A first click can mean several structures: ``result.alternatives`` says how many distinct hypotheses
+        it has (up to 3, best first), and ``alternative=n`` follows the n-th instead of the best.
 
         For box-prompted models the segmenter remembers the lesions of the current volume (the same
         array object): call it again with one more click, positive or negative, and only that
@@ -236,6 +240,7 @@ class Segmenter:
         bounds = geometry.box_to_voxels_kji(np.asarray(box, float), space) if box is not None else None
         if bounds is not None and (self.spec.kind == VOLUME3D or self.spec.point_prompts):
             raise InvalidInputError(f"{self.spec.name} takes no box prompt; use a box-prompted model (litemedsam)")
+        _check_alternative(alternative, bool(positives) and bounds is None and self.spec.kind != VOLUME3D)
         if self.spec.kind == VOLUME3D:
             return self._segment_volume3d(volume, geometry, positives, negatives, modality, progress, cancel)
         if progress:
@@ -251,10 +256,10 @@ class Segmenter:
                           settings, progress, cancel, chooser=chooser_for(self.resolved_prompts, prompter),
                           plugins=self.plugins, bounds=bounds)
         if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
-            lesions = lesions_afresh(ctx, positives, negatives, progress)
+            lesions = lesions_afresh(ctx, positives, negatives, progress, alternative)
         else:
             self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds))
-            lesions = lesions_refined(ctx, self.memory, positives, negatives, progress)
+            lesions = lesions_refined(ctx, self.memory, positives, negatives, progress, alternative)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
             raise EmptySegmentationError("the result is empty (negative clicks removed everything)")
@@ -270,7 +275,8 @@ class Segmenter:
             method=self._method_name(prompter), model=self.spec.name, device=str(self.device), messages=messages,
             runtime=predictor.backend.runtime, encoded_slices=predictor.encoded - encoded_before,
             cached_slices=self.cache.hits - hits_before, decoded_slices=ctx.decoded_slices,
-            decoded_prompts=predictor.decoded_prompts - decoded_before,
+            decoded_prompts=predictor.decoded_prompts - decoded_before, alternative=alternative,
+            alternatives=next((lesion.hypotheses for lesion in lesions if lesion.hypotheses), 1),
         )
 
     def _segment_volume3d(self, volume: np.ndarray, geometry: ImageGeometry, positives: list, negatives: list,
@@ -285,6 +291,15 @@ class Segmenter:
         used = detect_modality(volume) if modality == "auto" else modality
         return segment_volume3d(runner, self.spec.name, volume, geometry, positives, negatives, used, self.messages,
                                 progress, cancel)
+
+
+def _check_alternative(alternative: int, has_hypotheses: bool) -> None:
+    """Refuse an alternative that no first click can have, before any model runs."""
+    if isinstance(alternative, bool) or not isinstance(alternative, (int, np.integer)) or alternative < 0:
+        raise InvalidInputError(f"alternative must be a whole number from 0, not {alternative!r}")
+    if alternative and not has_hypotheses:
+        raise InvalidInputError("alternatives are the hypotheses of a first click: give a positive point and no box "
+                                "(a 2D box-prompted model)")
 
 
 def _voxels(geometry: ImageGeometry, points: Sequence[Sequence[float]] | None, space: Space

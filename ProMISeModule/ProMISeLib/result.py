@@ -31,6 +31,8 @@ class SegmentationResult:
     runtime: str = "torch"
     decoded_slices: int = 0  # axial slices the decoder ran on (a refinement click decodes only a few)
     decoded_prompts: int = 0  # box prompts decoded, on every plane
+    alternative: int = 0  # which hypothesis of the first click this is (0: the best)
+    alternatives: int = 1  # how many distinct hypotheses the first click has (segment(alternative=n) picks one)
 
     @property
     def voxel_count(self) -> int:

@@ -57,6 +57,10 @@ class Chooser:
     def pick(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray | None) -> int:
         return int(np.argmax(self.ranking(candidates, scores, coarse)))
 
+    def order(self, candidates: list[np.ndarray], scores: list[float], coarse: np.ndarray | None) -> list[int]:
+        """The candidates' indices, best first (ties in their order, so the first is :meth:`pick`'s)."""
+        return [int(n) for n in np.argsort(-np.asarray(self.ranking(candidates, scores, coarse)), kind="stable")]
+
 
 class FusedChooser(Chooser):
     """The rule-based boxes plus the prompter's; the rule score times the Dice with its coarse mask wins."""

@@ -62,9 +62,10 @@ class WalkContext:
 
     def choose(self, stage: str, k: int, crop: CropWindow | None, previous: np.ndarray | None,
                candidates: list[np.ndarray], predicted: list[float], scores: list[float], coarse: np.ndarray | None,
-               chooser: Chooser | None = None) -> int:
-        """The index of the candidate kept: the chooser's (``self.chooser`` unless given), then the plug-ins'."""
-        best = (chooser or self.chooser).pick(candidates, scores, coarse)
+               chooser: Chooser | None = None, first: int | None = None) -> int:
+        """The index of the candidate kept: the chooser's (``self.chooser`` unless given; ``first`` when it ranked
+        them already), then the plug-ins'."""
+        best = first if first is not None else (chooser or self.chooser).pick(candidates, scores, coarse)
         if self.plugins:
             weighed = Weighed(stage, k, crop, previous, candidates, predicted, scores, coarse, best)
             for plugin in self.plugins:

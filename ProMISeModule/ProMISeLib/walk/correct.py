@@ -78,12 +78,15 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
     crop, old = lesion.crop, lesion.masks
     click_ji = (j - crop.j0, i - crop.i0)
     result = SliceMasks(crop=crop, masks=dict(old), stops=list(lesion.stops), start_k=lesion.start_k,
-                        reference=lesion.reference)
+                        reference=lesion.reference, hypotheses=lesion.hypotheses)
     depth = ctx.volume.shape[0]
     if positive:
         grown = _grown(ctx, k, crop, old[k], click_ji, negatives) if k in old else None
-        found, score = (grown, 1.0) if grown is not None else search(ctx, k, (j, i), crop, [], negatives,
-                                                                     verify=False, stage="correction")
+        if grown is not None:
+            found, score = grown, 1.0
+        else:  # the seed's search
+            masks, score = search(ctx, k, (j, i), crop, [], negatives, verify=False, stage="correction")
+            found = masks[0] if masks else np.zeros_like(old[min(old)])
         if not found_at_click(ctx, found, score):
             nearest = old[k] if k in old else old[min(old, key=lambda kk: abs(kk - k))]
             found, _ = step(ctx, k, crop, nearest | _click_disk(ctx, nearest, click_ji), [], negatives,

@@ -19,6 +19,7 @@ class SliceMasks:
     stops: list[str] = field(default_factory=list)
     start_k: int = 0  # the slice the lesion was found on
     reference: tuple[float, float] = (0.0, 1.0)  # the lesion's intensity mean and SD on that slice (stop rule)
+    hypotheses: int = 0  # the distinct hypotheses of the first click that seeded it (0: not that click's)
 
     def contains(self, click_kji: tuple[int, int, int]) -> bool:
         """Whether the voxel is inside the lesion's mask."""
@@ -72,6 +73,18 @@ def box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np.
 def widened(box: np.ndarray, margin_px: float) -> np.ndarray:
     """A box (x0, y0, x1, y1) or boxes (N, 4) widened by ``margin_px`` pixels on each side."""
     return np.asarray(box, np.float32) + np.array([-1, -1, 1, 1], np.float32) * np.float32(margin_px)
+
+
+def distinct(masks: list[np.ndarray], count: int, overlap: float = 0.6) -> list[np.ndarray]:
+    """The first ``count`` of ``masks`` that differ: each kept one overlaps every earlier kept one by at most
+    ``overlap`` (IoU), as an ambiguous click's hypotheses should."""
+    kept: list[np.ndarray] = []
+    for mask in masks:
+        if len(kept) == count:
+            break
+        if all(iou(mask, other) <= overlap for other in kept):
+            kept.append(mask)
+    return kept
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ProMISeLib.walk.masks import SliceMasks
 
-#: One click in a key: ("+" | "-", k, j, i).
+#: One click in a key: ("+" | "-", k, j, i); the first positive click of a call may be "+n" (its n-th hypothesis).
 Click = tuple[str, int, int, int]
 
 

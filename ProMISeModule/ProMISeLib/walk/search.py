@@ -13,7 +13,7 @@ import numpy as np
 
 from ProMISeLib.walk.choose import Chooser
 from ProMISeLib.walk.context import WalkContext
-from ProMISeLib.walk.masks import box_of, component_at, iou, widened
+from ProMISeLib.walk.masks import box_of, component_at, distinct, iou, widened
 
 
 def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, int], pixel_mm: float,
@@ -63,12 +63,16 @@ def _prompter_box(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, i
     return (mask, float(out.iou[0])) if mask.any() else None
 
 
-def best_at_click(ctx: WalkContext, stage: str, k: int, crop, embedding, side: int, click_rc: tuple[int, int],
-                  pixel_mm: float, exclude=None, points=None, labels=None, aspects: tuple[float, ...] = (1.0,),
-                  verify: bool = True, inside: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """The candidate at a click that the prompt mode's chooser keeps, and the best rule score (an empty mask and
-    0 if none). Without ``verify`` the candidates are scored by the model's predicted IoU alone (half the
-    decoding). ``stage`` and ``k``, ``crop`` say where this is, for the plug-ins."""
+def ranked_at_click(ctx: WalkContext, stage: str, k: int, crop, embedding, side: int, click_rc: tuple[int, int],
+                    pixel_mm: float, exclude=None, points=None, labels=None, aspects: tuple[float, ...] = (1.0,),
+                    verify: bool = True, inside: np.ndarray | None = None, alternatives: int = 1
+                    ) -> tuple[list[np.ndarray], float]:
+    """The candidates at a click the prompt mode's chooser ranks first, and the best rule score ([] and 0 if none).
+
+    The first is the chooser's and the plug-ins' choice; up to ``alternatives - 1`` more follow in the chooser's
+    order, each differing from those before it (:func:`distinct`). Without ``verify`` the candidates are scored
+    by the model's predicted IoU alone (half the decoding). ``stage``, ``k`` and ``crop`` say where this is, for
+    the plug-ins."""
     chooser = ctx.chooser
     coarse = chooser.at_click(embedding, side, click_rc)
     extra = None if coarse is None or coarse.box is None else widened(coarse.box, ctx.settings.box_margin_px)
@@ -76,13 +80,24 @@ def best_at_click(ctx: WalkContext, stage: str, k: int, crop, embedding, side: i
         found = None if extra is None else _prompter_box(ctx, embedding, side, click_rc, pixel_mm, extra, exclude,
                                                          points, labels, inside)
         if found is not None:
-            return found
+            return [found[0]], found[1]
         ctx.messages.append("the learned prompter found nothing at the click; used the box search")
         chooser, coarse, extra = Chooser(), None, None
     candidates, predicted, scores = candidates_at_click(ctx, embedding, side, click_rc, pixel_mm, exclude, points,
                                                         labels, extra, aspects, verify, inside)
     if not candidates:
-        return np.zeros((side, side), bool), 0.0
+        return [], 0.0
     reference = None if coarse is None else coarse.in_crop(side)
-    best = ctx.choose(stage, k, crop, None, candidates, predicted, scores, reference, chooser)
-    return candidates[best], max(scores)
+    order = chooser.order(candidates, scores, reference)
+    best = ctx.choose(stage, k, crop, None, candidates, predicted, scores, reference, chooser, first=order[0])
+    ranked = [candidates[best]] + [candidates[n] for n in order if n != best]
+    return distinct(ranked, alternatives), max(scores)
+
+
+def best_at_click(ctx: WalkContext, stage: str, k: int, crop, embedding, side: int, click_rc: tuple[int, int],
+                  pixel_mm: float, exclude=None, points=None, labels=None, aspects: tuple[float, ...] = (1.0,),
+                  verify: bool = True, inside: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The one candidate at a click the chooser keeps and the best rule score (an empty mask and 0 if none)."""
+    masks, score = ranked_at_click(ctx, stage, k, crop, embedding, side, click_rc, pixel_mm, exclude, points, labels,
+                                   aspects, verify, inside)
+    return (masks[0], score) if masks else (np.zeros((side, side), bool), 0.0)

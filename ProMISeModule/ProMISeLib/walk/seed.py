@@ -10,26 +10,32 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ProMISeLib.errors import EmptySegmentationError
+from ProMISeLib.errors import EmptySegmentationError, InvalidInputError
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
 from ProMISeLib.walk.masks import box_of, component_at, largest_component
-from ProMISeLib.walk.search import best_at_click
+from ProMISeLib.walk.search import ranked_at_click
 from ProMISeLib.walk.stop import found_at_click
+
+#: How many distinct hypotheses of a first click the seed keeps (``segment(alternative=n)`` walks the n-th).
+ALTERNATIVES = 3
 
 
 def search(ctx: WalkContext, k: int, click_ji: tuple[int, int], crop: CropWindow, positives, negatives,
-           verify: bool = True, stage: str = "seed") -> tuple[np.ndarray, float]:
-    """The box search at a voxel of slice k, in ``crop``: the best candidate (crop mask) and its score."""
+           verify: bool = True, stage: str = "seed", alternatives: int = 1) -> tuple[list[np.ndarray], float]:
+    """The box search at a voxel of slice k, in ``crop``: the chosen candidates (crop masks, best first, up to
+    ``alternatives`` distinct ones) and the best rule score."""
     embedding = ctx.embedding(k, crop)
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
-    return best_at_click(ctx, stage, k, crop, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
-                         ctx.pixel_mm, lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify,
-                         inside=ctx.box_mask(crop))
+    return ranked_at_click(ctx, stage, k, crop, embedding, crop.side, (click_ji[0] - crop.j0, click_ji[1] - crop.i0),
+                           ctx.pixel_mm, lambda b: ctx.exclude(b, k, crop, negatives), points, labels, verify=verify,
+                           inside=ctx.box_mask(crop), alternatives=alternatives)
 
 
-def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[CropWindow, np.ndarray, float]:
-    """Find the lesion at the click; return the ROI crop, its crop mask and a score (0-1)."""
+def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives, alternative: int = 0
+         ) -> tuple[CropWindow, np.ndarray, float, list[float]]:
+    """Find the lesion at the click; return the ROI crop, its crop mask, a score (0-1) and the area (mm²) of each
+    distinct hypothesis at the click (``alternative`` picks which one is followed: 0, the best)."""
     k, j, i = click_kji
     s = ctx.settings
     rows, cols = ctx.volume.shape[1:]
@@ -37,11 +43,16 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[Crop
     crop = CropWindow.around((j, i), side, snap=s.crop_snap)
     if np.ptp(crop.extract(ctx.volume[k])) < 1e-3:
         raise EmptySegmentationError("the image is uniform around the click: there is nothing to segment")
-    mask, score = search(ctx, k, (j, i), crop, positives, negatives)
-    if not found_at_click(ctx, mask, score):
+    hypotheses, score = search(ctx, k, (j, i), crop, positives, negatives, alternatives=ALTERNATIVES)
+    if not hypotheses or not found_at_click(ctx, hypotheses[0], score):
         raise EmptySegmentationError(
             "no structure found at the click; click nearer the centre of the lesion or add a positive point"
         )
+    if alternative >= len(hypotheses):
+        raise InvalidInputError(f"the click has {len(hypotheses)} distinct hypotheses; there is no alternative "
+                                f"{alternative} (use 0 to {len(hypotheses) - 1})")
+    areas = [float(m.sum()) * ctx.pixel_mm**2 for m in hypotheses]
+    mask = hypotheses[alternative]
     box = box_of(mask)
     diameter = max(box[2] - box[0], box[3] - box[1])
     new_side = int(max(s.min_crop_px, round(diameter * s.crop_to_lesion)))
@@ -51,9 +62,9 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives) -> tuple[Crop
         offset_box = box + np.array([crop.i0 - roi.i0, crop.j0 - roi.j0] * 2, dtype=np.float32)
         refined, refined_score = _refine(ctx, k, (j, i), roi, offset_box, positives, negatives)
         if refined.any():
-            return roi, refined, refined_score
+            return roi, refined, refined_score, areas
         ctx.messages.append("the tighter ROI lost the lesion; kept the wide crop")
-    return crop, mask, score
+    return crop, mask, score, areas
 
 
 def seed_from_box(ctx: WalkContext, negatives) -> tuple[Voxel, CropWindow, np.ndarray, float]:
