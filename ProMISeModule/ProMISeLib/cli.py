@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(seg)
     seg.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto",
                      help="intensity normalisation (auto: CT when values look like Hounsfield units)")
+    seg.add_argument("--alternative", type=int, default=0, metavar="N",
+                     help="follow the first click's N-th distinct hypothesis (0: the best; the notes say how many)")
     seg.add_argument("--name", default="lesion", help="segment name in a .seg.nrrd output")
     seg.add_argument("--output", "-o", required=True, help="output mask: .nii.gz, .nrrd or .seg.nrrd")
     seg.add_argument("--report", default=None, help="also write the run's facts (timings, memory) as JSON here")
@@ -183,6 +185,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     output = check_writable(args.output)
     if not args.point and args.box is None:
         raise InvalidInputError("give at least one --point or a --box")
+    if args.alternative < 0 or (args.alternative and (args.box is not None or not args.point)):
+        raise InvalidInputError("--alternative N (from 0) picks a hypothesis of the first --point, without --box")
     volume, geometry = read_image(args.image)
     # Validate every prompt before any model work, so bad input fails fast.
     if args.point:
@@ -197,12 +201,16 @@ def _run_segment(args: argparse.Namespace) -> int:
     progress = _Progress()
     try:
         result = segmenter.segment(volume, geometry, args.point or None, args.negative, space=args.space,
-                                   modality=args.modality, progress=progress, box=args.box)
+                                   modality=args.modality, progress=progress, box=args.box,
+                                   alternative=args.alternative)
     finally:
         progress.close()
     write_mask(output, result.mask, geometry, segment_name=args.name)
     for message in result.messages:
         print(f"note: {message}")
+    if result.alternatives > 1:
+        print(f"note: the click has {result.alternatives} distinct hypotheses; this is --alternative "
+              f"{result.alternative} (0 to {result.alternatives - 1})")
     print(f"{output}: {result.summary()}")
     if args.report:
         _write_report(args.report, result)
@@ -231,7 +239,7 @@ def _write_report(path: str, result) -> None:
         "voxels": result.voxel_count, "volume_ml": result.volume_ml, "slice_range": result.slice_range,
         "engine_seconds": result.elapsed_s, "encoded_slices": result.encoded_slices, "model": result.model,
         "device": result.device, "runtime": result.runtime, "method": result.method, "messages": result.messages,
-        "peak_rss_mb": peak_rss_mb(),
+        "alternative": result.alternative, "alternatives": result.alternatives, "peak_rss_mb": peak_rss_mb(),
     }
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(facts, indent=1)))
 

@@ -90,6 +90,16 @@ class SegmentedObject:
     def messages(self) -> list[str]:
         return list(getattr(self.result, "messages", []) or [])
 
+    @property
+    def alternative(self) -> int:
+        """Which hypothesis of its first click the segment shows (0: the best)."""
+        return int(getattr(self.result, "alternative", 0))
+
+    @property
+    def alternatives(self) -> int:
+        """How many distinct hypotheses its first click has."""
+        return int(getattr(self.result, "alternatives", 1))
+
 
 @dataclass
 class SegmentRun:
@@ -114,8 +124,10 @@ class SegmentRun:
         return "; ".join(dict.fromkeys(m for m in methods if m))
 
     def summary(self) -> str:
-        """One line for the status bar: segments, mL each, time, model, device, method and the engine's warnings."""
-        parts = [f"{o.label} {o.volume_ml:.2f} mL" for o in self.objects]
+        """One line for the status bar: segments, mL each (and the candidate shown, where a click has several),
+        time, model, device, method and the engine's warnings."""
+        parts = [f"{o.label} {o.volume_ml:.2f} mL" + (f" (candidate {o.alternative + 1} of {o.alternatives})"
+                                                      if o.alternatives > 1 else "") for o in self.objects]
         text = f"{', '.join(parts)} in {self.elapsed_s:.1f} s"
         facts = [fact for fact in (self.model if self.device else "", self.device, self.method) if fact]
         if facts:
@@ -145,6 +157,8 @@ class PromptGroup:
     positives: list[nodes.ControlPoint] = field(default_factory=list)
     negatives: list[nodes.ControlPoint] = field(default_factory=list)
     box: np.ndarray | None = None  # 2 x 3 opposite corners in the volume's RAS
+    alternative: int = 0  # the first click's hypothesis to follow (0: the best)
+    inherited: bool = False  # the alternative is the segment's from before (the best if this click lacks it)
 
 
 @dataclass
@@ -329,6 +343,7 @@ class ProMISeModuleLogic(_LogicBase):
         prompts: str = "auto",
         roiNode=None,
         segmentIds: Sequence[str] | None = None,
+        alternative: int | None = None,
     ) -> SegmentRun:
         """Segment the object under each positive fiducial of ``pointsNode`` in ``volumeNode``.
 
@@ -349,6 +364,9 @@ class ProMISeModuleLogic(_LogicBase):
           segment is touched.
         - ``pointIndices`` limits the run to the objects of those control points (auto re-run);
           ``segmentIds`` to those routed segments.
+        - A first click can mean several structures: each object's ``alternatives`` says how many distinct
+          hypotheses its click has, and ``alternative=n`` follows the n-th (0: the best). A segment keeps
+          the hypothesis it was given (its ``ProMISe.Alternative`` tag) for later clicks, unless told another.
         - Every object is computed before anything is written: an error or a cancel
           (:meth:`requestCancel`, or ``cancelCallback()`` returning True) leaves the scene unchanged.
         - ``progressCallback(fraction, message)`` is called while the model runs.
@@ -373,8 +391,10 @@ class ProMISeModuleLogic(_LogicBase):
         """
         if self.busy:
             raise InvalidInputError("a segmentation is already running; wait for it or cancel it")
+        if self._runner is not None:
+            self._runner.settle()  # work ahead on the worker (the next candidate) must not share the engine
         prepared = self.prepareRun(volumeNode, pointsNode, segmentationNode, negativePointsNode, model, device,
-                                   pointIndices, runtime, prompts, roiNode, segmentIds)
+                                   pointIndices, runtime, prompts, roiNode, segmentIds, alternative=alternative)
         self._busy = True
         self._cancelRequested = False
         try:
@@ -392,7 +412,8 @@ class ProMISeModuleLogic(_LogicBase):
     def prepareRun(self, volumeNode, pointsNode, segmentationNode=None, negativePointsNode=None,
                    model: str | None = None, device: str = "auto", pointIndices: Sequence[int] | None = None,
                    runtime: str = "auto", prompts: str = "auto", roiNode=None,
-                   segmentIds: Sequence[str] | None = None, recordUndo: bool = True) -> PreparedRun:
+                   segmentIds: Sequence[str] | None = None, recordUndo: bool = True,
+                   alternative: int | None = None) -> PreparedRun:
         """Read and check everything a run needs (main thread); raises before any work or change."""
         runtime = checkRuntime(runtime)
         prompts = checkPrompts(prompts)
@@ -420,21 +441,45 @@ class ProMISeModuleLogic(_LogicBase):
             groups = [g for g in groups if any(p.index in wanted for p in g.positives + g.negatives)]
             if not groups:
                 raise InvalidInputError("none of the given control points is placed")
+        if segmentationNode is None:
+            segmentationNode = self.findSegmentationFor(volumeNode)
         if segmentIds is not None:
             wanted_ids = set(segmentIds)
-            groups = [g for g in groups if g.segmentId in wanted_ids]
+            groups = [g for g in groups if (g.segmentId or self._ownSegment(g, pointsNode, segmentationNode))
+                      in wanted_ids]
             if not groups:
                 raise InvalidInputError("no positive point or box prompts the chosen segment yet")
         groups = [g for g in groups if g.positives or g.box is not None]
         if not groups:
             raise InvalidInputError("only background points: place a point on the object to segment")
-        if segmentationNode is None:
-            segmentationNode = self.findSegmentationFor(volumeNode)
         if segmentationNode is not None:
             nodes.check_segmentation_writable(segmentationNode)
             nodes.volume_to_segmentation_matrix(volumeNode, segmentationNode)  # raises if non-linear
+        self._chooseAlternatives(groups, pointsNode, segmentationNode, alternative)
         return PreparedRun(volumeNode, pointsNode, segmentationNode, array, geometry, groups,
                            model or default_model(), device, runtime, prompts, recordUndo)
+
+    @staticmethod
+    def _ownSegment(group: PromptGroup, pointsNode, segmentationNode) -> str | None:
+        """The segment an unrouted group's points made earlier, if any."""
+        if segmentationNode is None or pointsNode is None or not group.positives:
+            return None
+        return nodes.find_own_segment(segmentationNode, pointsNode.GetID(), [p.id for p in group.positives])
+
+    @staticmethod
+    def _chooseAlternatives(groups: list[PromptGroup], pointsNode, segmentationNode, alternative: int | None) -> None:
+        """Each group's hypothesis: ``alternative`` when given, else the one its segment was given before."""
+        for group in groups:
+            if alternative is not None:
+                if alternative < 0 or (alternative and group.box is not None):
+                    raise InvalidInputError("a candidate (from 0) is a hypothesis of a first point, not of a box")
+                group.alternative = int(alternative)
+            elif group.box is None and segmentationNode is not None:
+                segmentId = group.segmentId or ProMISeModuleLogic._ownSegment(group, pointsNode, segmentationNode)
+                segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
+                tag = nodes.segment_tag(segment, nodes.TAG_ALTERNATIVE) if segment is not None else None
+                group.alternative = int(tag) if tag and tag.isdigit() else 0
+                group.inherited = True
 
     @staticmethod
     def _checkBoxOverlapsVolume(box: np.ndarray, geometry, name: str) -> None:
@@ -469,15 +514,22 @@ class ProMISeModuleLogic(_LogicBase):
                     total = (n + min(max(float(fraction), 0.0), 1.0)) / len(groups)
                     progressCallback(total, f'"{label}" ({n + 1}/{len(groups)}): {message}')
 
-            keywords = {}
+            keywords = {"alternative": group.alternative} if group.alternative else {}
             if group.box is not None:
                 if not takesBox:
                     raise InvalidInputError("this ProMISe engine takes no box prompts yet; place a point instead")
                 keywords["box"] = tuple(tuple(float(v) for v in corner) for corner in group.box)
             points = np.array([p.ras for p in group.positives]) if group.positives else None
             negative = np.array([p.ras for p in group.negatives]) if group.negatives else None
-            result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
-                                       space="ras", progress=progress, cancel=cancelled, **keywords)
+            try:
+                result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
+                                           space="ras", progress=progress, cancel=cancelled, **keywords)
+            except InvalidInputError:
+                if not (group.alternative and group.inherited):
+                    raise
+                keywords.pop("alternative")  # the segment's hypothesis from before is not one of this click's
+                result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
+                                           space="ras", progress=progress, cancel=cancelled, **keywords)
             if tuple(result.mask.shape) != tuple(prepared.array.shape):
                 raise ProMISeError(
                     f"the engine returned a mask of shape {result.mask.shape}, expected {prepared.array.shape}")
@@ -574,6 +626,7 @@ class ProMISeModuleLogic(_LogicBase):
                 segment.SetTag(nodes.TAG_MARKUPS, markupsID)
                 segment.SetTag(nodes.TAG_POINTS, ",".join(ids))
                 segment.SetTag(nodes.TAG_MODEL, str(getattr(result, "model", model)))
+                segment.SetTag(nodes.TAG_ALTERNATIVE, str(int(getattr(result, "alternative", 0))))
                 nodes.write_segment(segmentationNode, segmentId, result.mask, result.bbox_kji, matrix)
                 run.objects.append(SegmentedObject(group.label, segmentId, result,
                                                    [p.voxel_kji for p in group.positives], exists))

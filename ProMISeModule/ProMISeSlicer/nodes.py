@@ -27,7 +27,8 @@ from vtk.util import numpy_support
 TAG_MARKUPS = "ProMISe.MarkupsNodeID"
 TAG_POINTS = "ProMISe.ControlPointIDs"
 TAG_MODEL = "ProMISe.Model"
-OWN_TAGS = (TAG_MARKUPS, TAG_POINTS, TAG_MODEL)
+TAG_ALTERNATIVE = "ProMISe.Alternative"  # which hypothesis of its first click the segment follows (0: the best)
+OWN_TAGS = (TAG_MARKUPS, TAG_POINTS, TAG_MODEL, TAG_ALTERNATIVE)
 
 #: A control point's description starts with this when the point prompts one segment: the segment's ID follows.
 SEGMENT_PREFIX = "ProMISe segment: "

@@ -36,9 +36,10 @@ DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA G
 RUNTIMES = (("auto", "Auto (ONNX Runtime on CPU)"), ("torch", "PyTorch"), ("onnx", "ONNX Runtime"))
 PROMPTS = (("auto", "Auto"), ("fused", "Fused (rules ranked by the network)"), ("learned", "Learned"),
            ("heuristic", "Rule-based"))
-#: Keyboard shortcuts while the module is shown: place a positive point, a negative point, segment, new lesion.
+#: Keyboard shortcuts while the module is shown: place a positive point, a negative point, segment, new lesion,
+#: next candidate.
 SHORTCUTS = (("Alt+P", "placePositive"), ("Alt+N", "placeNegative"), ("Alt+S", "onSegmentButton"),
-             ("Alt+L", "onNewLesionButton"))
+             ("Alt+L", "onNewLesionButton"), ("Alt+C", "onNextCandidateButton"))
 
 
 @parameterNodeWrapper
@@ -71,6 +72,7 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         self._shortcuts = []
         self._dependenciesReady = False
         self._downloadCancelled = False
+        self._candidates: dict[str, tuple[int, int]] = {}  # segment ID -> (candidate shown, candidates)
 
     # --- set-up -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -111,6 +113,7 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.nextCandidateButton.connect("clicked(bool)", self.onNextCandidateButton)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
         self.ui.cancelDownloadButton.connect("clicked(bool)", self.onCancelDownloadButton)
         self.ui.removeModelsButton.connect("clicked(bool)", self.onRemoveModelsButton)
@@ -240,6 +243,7 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         )
         self.ui.cancelButton.enabled = running
         self.ui.undoButton.enabled = not running and self.logic is not None and self.logic.canUndo()
+        self.ui.nextCandidateButton.enabled = not running and self._nextCandidate() is not None
         self.ui.newLesionButton.enabled = bool(node and node.inputVolume)
         self.ui.positivePlaceWidget.setCurrentNode(node.positivePoints if node else None)
         self.ui.negativePlaceWidget.setCurrentNode(node.negativePoints if node else None)
@@ -326,8 +330,26 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
     def onSegmentButton(self) -> None:
         self.runSegmentation()
 
-    def runSegmentation(self, pointIndices=None, segmentIds=None) -> str:
-        """Run on the worker: "started", "queued" (behind the running job) or "" when nothing was submitted."""
+    def _nextCandidate(self) -> tuple[str, int] | None:
+        """The target segment and the candidate after the one it shows, or None when its click has one."""
+        _target, targetId = self.session.target() if self.session else (None, None)
+        shown, count = self._candidates.get(targetId or "", (0, 1))
+        return (targetId, (shown + 1) % count) if count > 1 else None
+
+    def onNextCandidateButton(self) -> None:
+        """Show the target segment's next candidate (the click's next distinct hypothesis), as one undo step."""
+        following = self._nextCandidate()
+        if following is None:
+            self.setStatus(_("The target segment's click has no other candidate."))
+            return
+        segmentId, alternative = following
+        self.runSegmentation(segmentIds=[segmentId], alternative=alternative)
+
+    def runSegmentation(self, pointIndices=None, segmentIds=None, alternative=None, ahead=False) -> str:
+        """Run on the worker: "started", "queued" (behind the running job) or "" when nothing was submitted.
+
+        ``alternative`` picks the first click's hypothesis; ``ahead`` computes it in the background without
+        writing anything (the engine remembers it, so showing it next costs nothing)."""
         node = self._parameterNode
         if node is None:
             return ""
@@ -342,8 +364,12 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
                 node.boxRoi.SetAttribute(ATTR_ROI_SEGMENT, targetId)  # the box prompts the target segment
             return logic.prepareRun(
                 node.inputVolume, node.positivePoints, node.outputSegmentation, node.negativePoints,
-                pointIndices=pointIndices, roiNode=node.boxRoi, segmentIds=segmentIds, **logic.runOptions)
+                pointIndices=pointIndices, roiNode=node.boxRoi, segmentIds=segmentIds, alternative=alternative,
+                **logic.runOptions)
 
+        if ahead:
+            return logic.runner.submit(Job(prepare, logic.computeRun, lambda prepared: None, background=True,
+                                           description=_("Preparing the next candidate...")))
         state = logic.runner.submit(Job(prepare, logic.computeRun, logic.applyRun, self.onRunFinished,
                                         description=_("Starting ProMISe...")))
         if state == "queued":
@@ -358,6 +384,11 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
             self._parameterNode.outputSegmentation = run.segmentationNode
             self.setStatus(run.summary(), error=False)
             self.populateTargets()
+            self._candidates.update({o.segmentId: (o.alternative, o.alternatives) for o in run.objects})
+            self.updateButtons()
+            following = self._nextCandidate()
+            if len(run.objects) == 1 and following is not None and following[0] == run.objects[0].segmentId:
+                self.runSegmentation(segmentIds=[following[0]], alternative=following[1], ahead=True)
         elif outcome.status == CANCELLED:
             self.setStatus(_("Cancelled; nothing was changed."))
         elif isinstance(outcome.error, ProMISeError):

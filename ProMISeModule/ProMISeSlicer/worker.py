@@ -14,6 +14,8 @@ Rules:
   ``prepare`` runs when it starts, so it reads the points as they are then.
 - :meth:`BackgroundRunner.cancel` asks the running job to stop and drops the queued one; a result that
   arrives after a cancel is not applied.
+- A ``background`` job is work ahead of the user (the next candidate of a click): the runner is not busy
+  for it, a job submitted while it runs cancels it and runs next, and it never replaces a queued job.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Job:
     apply: Callable[[Any], Any]
     finished: Callable[[Outcome], None] | None = None  # told on the main thread, after apply
     description: str = ""
+    background: bool = False  # ahead-of-time work: yields to the next job submitted
 
 
 @dataclass
@@ -64,6 +67,7 @@ class BackgroundRunner:
         self._outbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._busy = False
+        self._running: Job | None = None
         self._pending: Job | None = None
         self._cancel = threading.Event()
         self._resultReady = threading.Event()
@@ -75,7 +79,8 @@ class BackgroundRunner:
     # --- state --------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._busy
+        """A job the user waits for is running (a background job does not count)."""
+        return self._busy and not (self._running is not None and self._running.background)
 
     @property
     def queued(self) -> Job | None:
@@ -101,11 +106,17 @@ class BackgroundRunner:
 
     # --- main thread --------------------------------------------------------------------------
     def submit(self, job: Job) -> str:
-        """Start ``job`` now ("started"), or queue it when busy ("queued", replacing a queued one)."""
+        """Start ``job`` now ("started"), or queue it when busy ("queued", replacing a queued one); a background
+        job running is cancelled for it ("started"), and a background job is dropped behind a queued one."""
         if self._busy:
+            if job.background and self._pending is not None:
+                return "dropped"
             self._pending = job
+            preempts = self._running is not None and self._running.background and not job.background
+            if preempts:
+                self._cancel.set()
             self._notify()
-            return "queued"
+            return "started" if preempts else "queued"
         started = self._start(job)
         self._notify()
         return "started" if started else "failed"
@@ -118,6 +129,7 @@ class BackgroundRunner:
                                  error))
             return False
         self._busy = True  # before any listener refreshes the buttons
+        self._running = job
         self._cancel.clear()
         with self._lock:
             self._progress = (0.0, job.description or "starting")
@@ -149,7 +161,7 @@ class BackgroundRunner:
                     outcome.value = job.apply(value)
                 except Exception as applyError:
                     outcome = Outcome(job, FAILED, None, applyError, traceback.format_exc())
-            self._busy = False
+            self._busy, self._running = False, None
             outcomes.append(outcome)
             self._finish(outcome)
             pending, self._pending = self._pending, None
@@ -180,6 +192,12 @@ class BackgroundRunner:
                 raise TimeoutError(f"the ProMISe worker did not finish within {timeout} s")
             outcomes.extend(self.poll())
         return outcomes
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Cancel a running background job and wait for it, before the engine is used off the worker."""
+        if self._busy and not self.busy:
+            self.cancel()
+            self.runUntilIdle(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker thread (after the running job); the runner can start a new one later."""

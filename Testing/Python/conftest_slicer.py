@@ -223,7 +223,8 @@ class FakeSegmenter:
     lands on a wrong voxel) and returns either a ball of ``radius_mm`` around the first point or,
     with ``label=``, the labelled structure under the point (an oracle, to check the write-back).
     It records the ``runtime`` and ``prompts`` it was made for, as the engine does, and names in its
-    results' ``method`` the prompts that "ran" (the engine's wording).
+    results' ``method`` the prompts that "ran" (the engine's wording). With ``alternatives=n`` its first click
+    has n hypotheses: ``alternative=a`` gives a ball of ``radius_mm / (1 + a)``.
     """
 
     instances: list = []
@@ -232,20 +233,25 @@ class FakeSegmenter:
                "auto": "learned prompts (fake-prompter)"}
 
     def __init__(self, model="fake", device="cpu", runtime="auto", radius_mm=8.0, label=None, empty=False,
-                 fail_on_call=None, prompts="auto"):
+                 fail_on_call=None, prompts="auto", alternatives=1):
         self.model, self.device, self.runtime, self.prompts = model, device, runtime, prompts
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
         self.calls = []
+        self.alternatives = alternatives
         FakeSegmenter.instances.append(self)
 
-    def segment(self, volume_kji, geometry, points, negative_points=None, space="ras", progress=None, cancel=None):
-        from ProMISeLib.errors import SegmentationCancelled
+    def segment(self, volume_kji, geometry, points, negative_points=None, space="ras", progress=None, cancel=None,
+                alternative=0):
+        from ProMISeLib.errors import InvalidInputError, SegmentationCancelled
         from ProMISeLib.result import SegmentationResult, bounding_box
 
         voxels = geometry.to_voxel_kji(np.asarray(points, dtype=float), space)
         self.calls.append({"points": np.array(points, dtype=float), "voxels": voxels,
                            "negative": None if negative_points is None else np.array(negative_points),
-                           "shape": volume_kji.shape, "array": volume_kji})
+                           "shape": volume_kji.shape, "array": volume_kji, "alternative": alternative})
+        if alternative >= self.alternatives:
+            raise InvalidInputError(f"the click has {self.alternatives} distinct hypotheses; there is no alternative "
+                                    f"{alternative}")
         if progress is not None:
             progress(0.5, "fake engine half-way")
         if cancel is not None and cancel():
@@ -266,12 +272,13 @@ class FakeSegmenter:
             k, j, i = np.indices(volume_kji.shape)
             lps = geometry.index_to_lps(np.stack([i, j, k], axis=-1))
             centre = geometry.index_to_lps(voxels[0][::-1].astype(float))
-            mask[np.linalg.norm(lps - centre, axis=-1) <= self.radius_mm] = 1
+            mask[np.linalg.norm(lps - centre, axis=-1) <= self.radius_mm / (1 + alternative)] = 1
         if progress is not None:
             progress(1.0, "fake engine done")
         ran = "onnx" if self.runtime == "auto" else self.runtime  # as the engine resolves auto on a CPU
         return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
-                                  self.device, messages=["fake weak result"] if self.empty else [], runtime=ran)
+                                  self.device, messages=["fake weak result"] if self.empty else [], runtime=ran,
+                                  alternative=alternative, alternatives=self.alternatives)
 
 
 def resample_like(image, geometry) -> np.ndarray:

@@ -162,3 +162,11 @@ def test_models_listing_is_aligned_for_the_longest_name(capsys):
     sizes = {line.index(" MB") for line in lines.values()}
     titles = {line.index(MODELS[name].title) for name, line in lines.items()}
     assert len(sizes) == 1 and len(titles) == 1, "\n".join(lines.values())
+
+
+def test_an_alternative_needs_a_first_point_without_a_box(tmp_path, capsys):
+    path = _image(tmp_path, np.zeros((8, 16, 16), np.float32))
+    for prompt in (["--space", "ijk", "--box", "2,2,2,8,8,5"], ["--space", "ijk", "--point", "5,5,3"]):
+        alternative = "1" if "--box" in prompt else "-1"
+        _assert_refused(tmp_path, capsys, ["segment", str(path), *prompt, "--alternative", alternative],
+                        "--alternative N (from 0) picks a hypothesis of the first --point, without --box")

@@ -117,3 +117,23 @@ def test_result_geometry_follows_an_oblique_input(cases, segmenter):
         masks.append(result.mask)
     np.testing.assert_array_equal(masks[0], masks[1])
     assert dice(masks[0][k], truth[k]) > 0.5
+
+
+@pytest.mark.slow
+def test_alternatives_of_a_first_click_are_listed_and_selected(segmenter, small_tumour):
+    """The result says how many distinct hypotheses the click has; selecting one changes the segment, selecting
+    the best again gives the first mask back from memory, and one the click lacks is refused."""
+    volume, geometry, truth = small_tumour
+    click = centre_click(truth)[::-1]
+    first = segmenter.segment(volume, geometry, [click], space="ijk")
+    assert first.alternative == 0 and first.alternatives >= 2
+    other = segmenter.segment(volume, geometry, [click], space="ijk", alternative=1)
+    assert other.alternative == 1 and other.alternatives == first.alternatives
+    assert dice(other.mask, first.mask) < 0.95
+    again = segmenter.segment(volume, geometry, [click], space="ijk")
+    assert again.decoded_prompts == 0
+    np.testing.assert_array_equal(again.mask, first.mask)
+    with pytest.raises(InvalidInputError, match="no alternative"):
+        segmenter.segment(volume, geometry, [click], space="ijk", alternative=first.alternatives)
+    with pytest.raises(InvalidInputError, match="alternative"):
+        segmenter.segment(volume, geometry, [click], space="ijk", alternative=-1)

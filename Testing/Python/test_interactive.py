@@ -213,3 +213,26 @@ def test_a_negative_click_emptying_a_slice_cuts_off_the_shorter_part_not_the_les
     lesion.start_k = 3
     refined = correct(_context(volume), lesion, (5, 32, 32), False, [(5, 32, 32)])
     assert sorted(refined.masks) == list(range(6, 18))
+
+
+def test_a_first_click_keeps_its_distinct_hypotheses_and_an_alternative_walks_another():
+    """Clicked at the centre of a 14 px disc, the small boxes hold a square inside it and the large ones the disc:
+    the click has at least two distinct hypotheses, the best is the disc, and alternative 1 follows a smaller
+    structure; an alternative the click does not have is refused."""
+    from ProMISeLib.errors import InvalidInputError
+    from ProMISeLib.walk.masks import iou
+
+    volume = _cylinder(4, 15, radius=14)
+    click = (9, 32, 32)
+    best = new_lesion(_context(volume), click, [click], [], alternative=0)
+    other = new_lesion(_context(volume), click, [click], [], alternative=1)
+    disc = volume[9] > 128
+    assert best.hypotheses >= 2 and other.hypotheses == best.hypotheses
+    full_best, full_other = np.zeros_like(disc), np.zeros_like(disc)
+    best.crop.paste(full_best, best.masks[9])
+    other.crop.paste(full_other, other.masks[9])
+    assert iou(full_best, disc) > 0.95
+    assert full_other.sum() < 0.8 * full_best.sum() and iou(full_other, full_best) < 0.8
+    assert new_lesion(_context(volume), click, [click], []).hypotheses == 0  # not the call's first click
+    with pytest.raises(InvalidInputError, match="no alternative"):
+        new_lesion(_context(volume), click, [click], [], alternative=best.hypotheses)

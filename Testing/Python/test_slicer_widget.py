@@ -628,3 +628,45 @@ def test_an_unsupported_slicer_is_said_at_load_and_segment_stays_off(module, mon
     finally:
         panel.cleanup()  # as the widget fixture does: no observers left on the scene
         panel.logic.runner.close()
+
+
+def test_next_candidate_swaps_the_target_segment_and_is_computed_ahead(widget, module):
+    """A click with two hypotheses: the status says "candidate 1 of 2", the worker computes the second in the
+    background right after (nothing written), Next candidate shows it in the same segment as one undo step,
+    a later click keeps it, and Undo brings the first back."""
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    widget.logic.segmenterFactory = fake_factory(radius_mm=6.0, alternatives=2)
+    parameters.inputVolume = add_volume(np.zeros((12, 24, 24), np.float32), np.eye(4), "scan")
+    points = parameters.positivePoints
+    points.AddControlPoint(vtk.vtkVector3d(11.0, 11.0, 6.0), "lesion")
+    ui.positivePointsSelector.setCurrentNode(points)
+    widget.onPointsNodeChanged()
+    widget.onSegmentButton()
+    finish(widget)
+    engine = FakeSegmenter.instances[-1]
+    assert "candidate 1 of 2" in ui.statusLabel.text, ui.statusLabel.text
+    assert [call["alternative"] for call in engine.calls] == [0, 1]  # the second, ahead, after the first
+    segmentation = parameters.outputSegmentation.GetSegmentation()
+    segmentId = segmentation.GetNthSegmentID(0)
+    first = slicer_array(parameters.outputSegmentation, segmentId, parameters.inputVolume)
+    widget.session.setTarget(parameters.outputSegmentation, segmentId)
+    widget.updateButtons()
+    assert ui.nextCandidateButton.enabled and not widget.logic.busy
+
+    widget.onNextCandidateButton()
+    finish(widget)
+    assert "candidate 2 of 2" in ui.statusLabel.text, ui.statusLabel.text
+    assert segmentation.GetNumberOfSegments() == 1
+    second = slicer_array(parameters.outputSegmentation, segmentId, parameters.inputVolume)
+    assert 0 < second.sum() < first.sum()
+    # a later run of that segment keeps its candidate; the next one wraps round to the first
+    widget.runSegmentation(segmentIds=[segmentId])
+    finish(widget)
+    # each shown result is followed by the other candidate computed ahead
+    assert [call["alternative"] for call in engine.calls] == [0, 1, 1, 0, 1, 0]
+    widget.onUndoButton()
+    widget.onUndoButton()
+    np.testing.assert_array_equal(slicer_array(parameters.outputSegmentation, segmentId, parameters.inputVolume), first)
+

@@ -225,3 +225,30 @@ def test_real_engine_runs_on_the_worker_and_a_queued_click_refines_the_segment(s
     assert mask[k, j, i] == 1 and mask[kk, jj, ii] == 1
     assert session_node.GetSegmentation().GetNumberOfSegments() == 1
     logic.runner.close()
+
+
+def test_a_background_job_is_not_busy_and_yields_to_the_next_job_submitted(slicer_env):
+    """Work ahead (the next candidate) leaves the panel idle; a user's run submitted meanwhile cancels it, starts
+    next and is applied; the background result is never written; a background job never replaces a queued one."""
+    from ProMISeSlicer.worker import CANCELLED, DONE, Job
+
+    logic, engines = slow_logic()
+    volume, points = scene_with_point()
+    ahead = Job(lambda: logic.prepareRun(volume, points), logic.computeRun, lambda prepared: None, background=True)
+    assert logic.runner.submit(ahead) == "started"
+    engine = wait_until_held(logic, engines)
+    assert not logic.busy, "work ahead must not look busy to the user"
+    finished = []
+    assert logic.runner.submit(job(logic, volume, points, finished=finished.append)) == "started"
+    assert logic.runner.submit(Job(ahead.prepare, ahead.compute, ahead.apply, background=True)) == "dropped"
+    assert logic.runner.waitForResult(WAIT_S), "the held ahead run did not see the cancel"
+    outcomes = logic.runner.poll()  # drops the ahead result and starts the user's run
+    assert [o.status for o in outcomes] == [CANCELLED] and logic.busy
+    engine = wait_until_held(logic, engines)
+    engine.release.set()
+    outcomes += logic.runner.runUntilIdle(WAIT_S)
+    assert [o.status for o in outcomes] == [CANCELLED, DONE]
+    assert [o.job for o in finished] == [outcomes[1].job]
+    node = logic.findSegmentationFor(volume)
+    assert node is not None and node.GetSegmentation().GetNumberOfSegments() == 1
+    logic.runner.close()
