@@ -239,6 +239,26 @@ def protocol(segmenter: Segmenter, scan: Scan, mode: str, clicks: int,
     return {"steps": steps, "method": result.method if result is not None else None}
 
 
+def alternatives(segmenter: Segmenter, scan: Scan, mode: str) -> list[dict]:
+    """The first click's distinct hypotheses (``segment(alternative=n)``), each walked alone and scored, best
+    first as the engine ranks them; [] for a box prompt."""
+    prompt = first_prompt(mode, scan)
+    if prompt["box"] is not None:
+        return []
+    scored, count, n = [], 1, 0
+    while n < count:
+        started = time.perf_counter()
+        try:
+            result = segmenter.segment(scan.volume, scan.geometry, prompt["points"], space="ijk", alternative=n)
+        except ProMISeError as exc:
+            scored.append({"error": str(exc).splitlines()[0]})
+            break
+        count = result.alternatives
+        scored.append({**score(result.mask, scan), "seconds": time.perf_counter() - started})
+        n += 1
+    return scored
+
+
 def _worker_init(threads: int) -> None:
     import torch
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import load, make_segmenter, prompter_for, protocol, quantiles, run_cases, select
+from harness import alternatives, load, make_segmenter, prompter_for, protocol, quantiles, run_cases, select
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.io.sample_data import load_cases, random_lesion_click, read_case
@@ -54,6 +54,7 @@ def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None,
            "modes": {}}
     for mode in modes.split(","):
         row["modes"][mode] = protocol(segmenter, scan, mode, clicks)
+        row["modes"][mode]["alternatives"] = alternatives(segmenter, scan, mode)
     return row
 
 
@@ -99,12 +100,29 @@ def table(rows: list[dict], clicks: int, title: str = "") -> list[str]:
     return lines
 
 
+def alternatives_table(rows: list[dict]) -> list[str]:
+    """Markdown rows: per first click, the Dice of the best hypothesis against the best of its alternatives."""
+    lines = ["| first click | scans | clicks with 2+ hypotheses | mean Dice, first hypothesis | best of the "
+             "alternatives (one more interaction) | median, first / best |", "|---|---|---|---|---|---|"]
+    for mode in sorted({m for r in rows for m in r["modes"] if not m.startswith("box")}):
+        found = [[a["dice"] for a in r["modes"][mode].get("alternatives", []) if "dice" in a]
+                 for r in rows if mode in r["modes"]]
+        found = [f for f in found if f]
+        if not found:
+            continue
+        first, best = [f[0] for f in found], [max(f) for f in found]
+        lines.append(f"| {mode} | {len(found)} | {sum(len(f) > 1 for f in found)} | {statistics.mean(first):.3f} | "
+                     f"{statistics.mean(best):.3f} | {statistics.median(first):.3f} / {statistics.median(best):.3f} |")
+    return lines
+
+
 def summary(root: Path, clicks: int, baseline: Path | None = None, plot: Path | None = None,
             save: Path | None = None) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
     if save is not None:
         save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cases": rows}, indent=1) + "\n")
-    lines = [f"{len(rows)} scans ({rows[0]['prompter'] if rows else '-'} prompter)", *table(rows, clicks)]
+    lines = [f"{len(rows)} scans ({rows[0]['prompter'] if rows else '-'} prompter)", *table(rows, clicks), "",
+             *alternatives_table(rows)]
     for lo, hi, name in SIZES:
         part = [r for r in rows if lo <= r["volume_ml"] < hi]
         if part:
