@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
-from ProMISeLib.io.geometry import SPACES
+from ProMISeLib.io.geometry import SPACES, parse_numbers
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.runtime.choice import RUNTIMES
 
@@ -19,12 +19,9 @@ EXIT_BAD_INPUT = 2
 
 def _numbers(text: str, count: int, form: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(p) for p in text.replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"expected {form} ({count} numbers), got {text!r}")
-    return values
+        return parse_numbers(text, count, form)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _point(text: str) -> tuple[float, float, float]:

@@ -15,19 +15,9 @@ import numpy as np
 import slicer
 import vtk
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, ProMISeError
+from ProMISeLib.io.volumes import image_stem
 
 from .options import checkPrompts, checkRuntime
-
-_IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr")
-
-
-def image_stem(path: Path) -> str:
-    """File name without its image extension(s): ``case1.nii.gz`` -> ``case1``."""
-    name = path.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _parse_case(case) -> dict:
