@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ProMISeLib.batch.command import add_batch_parser, run_batch_command
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.geometry import SPACES, parse_numbers
 from ProMISeLib.prompting import PROMPT_MODES
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
     remove.add_argument("model", nargs="*")
     _add_training_commands(sub)
+    add_batch_parser(sub, _add_model_options)
     prompting = sub.add_parser("train-prompting",
                                help="train the learned prompter of the default model on the labelled scans")
     prompting.add_argument("--output", required=True, help="folder for the weights, their card and the folds")
@@ -362,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "segment":
             return _run_segment(args)
+        if args.command == "batch":
+            return run_batch_command(args)
         if args.command == "demo":
             return _run_demo(args)
         if args.command == "models":
