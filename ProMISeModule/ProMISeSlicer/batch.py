@@ -17,7 +17,7 @@ import vtk
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.volumes import image_stem
 
-from .options import checkPrompts, checkRuntime
+from .options import checkPrompts, checkRuntime, default_model
 
 
 def _parse_case(case) -> dict:
@@ -179,3 +179,31 @@ def segment_files(
                     scene.RemoveNode(node)
         reports.append(report)
     return reports
+
+
+def segment_batch(logic, manifest: str | Path, outputFolder: str | Path, model: str | None = None,
+                  device: str = "auto", runtime: str = "auto", prompts: str = "auto", modality: str = "auto",
+                  progressCallback: Callable[[float, str], None] | None = None) -> dict:
+    """``promise batch`` in-process, with the logic's engine: the same manifest, the same files and results.csv.
+
+    The whole manifest is checked first (a ``ManifestError`` lists every bad row; nothing runs). Rows an
+    earlier run (from the console or ``promise batch``) finished are kept; one image's failure is recorded
+    and the others go on. Returns the counts ``ok``, ``failed``, ``kept`` and the ``results`` path.
+    """
+    from ProMISeLib.batch.cohort import in_process, run_cohort
+    from ProMISeLib.batch.plan import batch_settings, prepare
+
+    model = model or default_model()
+    plan = prepare(manifest, outputFolder, batch_settings(model, checkPrompts(prompts), modality))
+    segmenter = logic.getSegmenter(model, device, checkRuntime(runtime), prompts)
+    done = []
+
+    def progress(job, records) -> None:
+        done.extend(records)
+        if progressCallback is not None:
+            progressCallback(len(done) / max(plan.rows_to_run, 1), f"{job.image.name}: {len(done)}/{plan.rows_to_run}")
+
+    summary = run_cohort(plan, in_process(plan, segmenter, modality), progress)
+    for note in plan.notes:
+        logging.warning(f"ProMISe batch: {note}")
+    return {"ok": summary.ok, "failed": summary.failed, "kept": summary.kept, "results": plan.results_path}

@@ -236,9 +236,11 @@ class FakeSegmenter:
         self.model, self.device, self.runtime, self.prompts = model, device, runtime, prompts
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
         self.calls = []
+        self.memory, self.cache = _Clearable(), _Clearable()  # as the engine's lesion memory and embedding cache
         FakeSegmenter.instances.append(self)
 
-    def segment(self, volume_kji, geometry, points, negative_points=None, space="ras", progress=None, cancel=None):
+    def segment(self, volume_kji, geometry, points, negative_points=None, space="ras", progress=None, cancel=None,
+                modality="auto", box=None):
         from ProMISeLib.errors import SegmentationCancelled
         from ProMISeLib.result import SegmentationResult, bounding_box
 
@@ -272,6 +274,16 @@ class FakeSegmenter:
         ran = "onnx" if self.runtime == "auto" else self.runtime  # as the engine resolves auto on a CPU
         return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
                                   self.device, messages=["fake weak result"] if self.empty else [], runtime=ran)
+
+
+class _Clearable:
+    """Counts its ``clear()`` calls."""
+
+    def __init__(self) -> None:
+        self.cleared = 0
+
+    def clear(self) -> None:
+        self.cleared += 1
 
 
 def resample_like(image, geometry) -> np.ndarray:
