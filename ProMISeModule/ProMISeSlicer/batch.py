@@ -190,7 +190,7 @@ def segment_batch(logic, manifest: str | Path, outputFolder: str | Path, model: 
     earlier run (from the console or ``promise batch``) finished are kept; one image's failure is recorded
     and the others go on. Returns the counts ``ok``, ``failed``, ``kept`` and the ``results`` path.
     """
-    from ProMISeLib.batch.cohort import in_process, run_cohort
+    from ProMISeLib.batch.cohort import cohort_folder, in_process, run_cohort
     from ProMISeLib.batch.plan import batch_settings, prepare
 
     model = model or default_model()
@@ -203,7 +203,8 @@ def segment_batch(logic, manifest: str | Path, outputFolder: str | Path, model: 
         if progressCallback is not None:
             progressCallback(len(done) / max(plan.rows_to_run, 1), f"{job.image.name}: {len(done)}/{plan.rows_to_run}")
 
-    summary = run_cohort(plan, in_process(plan, segmenter, modality), progress)
+    with cohort_folder(plan):
+        summary = run_cohort(plan, in_process(plan, segmenter, modality), progress)
     for note in plan.notes:
         logging.warning(f"ProMISe batch: {note}")
     return {"ok": summary.ok, "failed": summary.failed, "kept": summary.kept, "results": plan.results_path}

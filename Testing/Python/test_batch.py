@@ -7,8 +7,10 @@ tests that compare with it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,3 +274,168 @@ def test_sigterm_ends_the_run_cleanly_and_leaves_no_partial_file(scans, cluster,
             assert list(_segments(path)) == [record["id"]]
         else:
             assert not path.exists()
+
+
+def test_a_json_manifest_is_the_same_manifest_as_its_csv(scans, tmp_path):
+    from ProMISeLib.batch.plan import batch_settings, prepare
+
+    rows = _first_rows(scans)
+    folder = scans["A"]["image"].parent
+    from_csv = prepare(_write_manifest(folder / "same.csv", rows), tmp_path / "out", batch_settings("litemedsam"))
+    as_json = [dict(row) for row in rows]
+    as_json[0]["points"] = [list(scans["A"]["click"])]  # JSON may give numbers instead of text
+    as_json[1]["box"] = [list(scans["A"]["box_ijk"][:3]), list(scans["A"]["box_ijk"][3:])]
+    (folder / "same.json").write_text(json.dumps(as_json))
+    from_json = prepare(folder / "same.json", tmp_path / "out", batch_settings("litemedsam"))
+    assert [job.image for job in from_json.jobs] == [scans["A"]["image"], scans["B"]["image"]]
+    assert [len(job.rows) for job in from_json.jobs] == [2, 1]  # rows of one image: one task
+    np.testing.assert_allclose(from_json.rows[0].points, from_csv.rows[0].points, atol=1e-4)
+    assert [r.box for r in from_json.rows] == [r.box for r in from_csv.rows]
+    assert from_json.outputs == from_csv.outputs and set(from_json.fingerprints) == {"a1", "a2", "b1"}
+
+
+def test_a_second_batch_on_a_folder_in_use_is_refused(scans, tmp_path, capsys):
+    from ProMISeLib.batch.cohort import cohort_folder
+    from ProMISeLib.batch.plan import batch_settings, prepare
+
+    manifest = _write_manifest(tmp_path / "one.csv", _box_rows(scans, "A"))
+    output = tmp_path / "out"
+    with cohort_folder(prepare(manifest, output, batch_settings("litemedsam"))):  # a first batch is writing there
+        code = main(["batch", str(manifest), "--output", str(output), "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another promise batch is writing there" in err and len(err.strip().splitlines()) == 1
+    assert list(output.iterdir()) == []  # the first one's lock is gone with it; the second wrote nothing
+
+
+@pytest.mark.slow
+def test_a_case_that_fails_is_recorded_and_the_cohort_goes_on_then_a_rerun_redoes_it(scans, cluster, tmp_path,
+                                                                                     capsys):
+    image = sitk.ReadImage(str(scans["C"]["image"]))
+    broken = tmp_path / "broken.nrrd"
+    sitk.WriteImage(image, str(broken), False)  # uncompressed: the header, then the voxels
+    whole = broken.read_bytes()
+    broken.write_bytes(whole[: len(whole) - image.GetNumberOfPixels()])  # its header reads, its voxels do not
+    rows = _box_rows(scans, "A") + [{**_box_rows(scans, "C")[0], "id": "broken", "image": str(broken)}]
+    manifest, output = _write_manifest(tmp_path / "cohort.csv", rows), tmp_path / "out"
+    capsys.readouterr()
+    assert _batch(manifest, output, cluster) == 1  # some row failed
+    printed = capsys.readouterr()
+    results = _results(output)
+    assert results["a-box"]["status"] == "ok" and results["a-box"]["error"] == ""
+    failed = results["broken"]
+    assert failed["status"] == "failed" and "broken.nrrd" in failed["error"] and "cannot be read" in failed["error"]
+    assert "\n" not in failed["error"] and failed["output_sha256"] == ""
+    assert "promise batch: broken (broken.nrrd) failed: " in printed.err  # said as it happens, bar or not
+    assert "1 ok, 1 failed, 0 done earlier" in printed.out
+    assert {p.name for p in output.iterdir()} == {"results.csv", f"{scans['A']['stem']}.seg.nrrd"}
+    # the scan repaired, the same command redoes the failed row only
+    broken.write_bytes(whole)
+    assert _batch(manifest, output, cluster) == 0
+    assert "1 done earlier, 1 to run" in capsys.readouterr().out
+    again = _results(output)
+    assert again["a-box"] == results["a-box"] and again["broken"]["status"] == "ok"
+    assert list(_segments(output / "broken.seg.nrrd")) == ["broken"]
+
+
+@pytest.mark.slow
+def test_workers_n_runs_on_its_own_local_cluster_and_closes_it(scans, tmp_path, capsys):
+    import psutil
+
+    manifest = _write_manifest(tmp_path / "one.csv", _box_rows(scans, "B"))
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert main(["batch", str(manifest), "--output", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert "1 to run on 1 local worker(s)" in capsys.readouterr().out
+    record = _results(tmp_path / "out")["b-box"]
+    assert record["status"] == "ok" and file_sha256(tmp_path / "out" / record["output"]) == record["output_sha256"]
+    worker_pid = int(record["worker"].rsplit(":", 1)[1])
+    assert worker_pid not in children  # a worker of its own, not the module's cluster
+    time.sleep(1)
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= children  # its cluster is gone
+
+
+def test_workers_and_scheduler_are_checked_before_anything_starts(scans, tmp_path, capsys):
+    manifest = _write_manifest(tmp_path / "one.csv", _box_rows(scans, "A"))
+    output = tmp_path / "out"
+    assert main(["batch", str(manifest), "--output", str(output), "--workers", "0"]) == 2
+    assert "--workers must be 1 or more, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["batch", str(manifest), "--output", str(output), "--workers", "2", "--scheduler", "tcp://h:8786"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_the_default_worker_count_comes_from_the_cores_and_the_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    import psutil
+    from ProMISeLib.batch import dask_runner
+
+    def machine(cores: int, gb: float) -> int:
+        monkeypatch.setattr(dask_runner, "cores", lambda: cores)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=gb * 1e9))
+        return dask_runner.default_workers()
+
+    assert machine(16, 128) == 16  # as many as the cores
+    assert machine(16, 6) == 2  # as many models as the memory holds (about 2.5 GB a worker)
+    assert machine(2, 1) == 1  # at least one
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_cohort_bar_shows_rows_failures_rate_and_eta_on_a_terminal_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from ProMISeLib.batch.command import CohortBar
+
+    job = SimpleNamespace(image=Path("p1.nii.gz"))
+    rows = [{"id": "l1", "status": "ok"}, {"id": "l2", "status": "failed", "error": "nothing found at the click"}]
+    for stream in (_Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = CohortBar(4)
+        time.sleep(0.05)
+        bar(job, rows)
+        time.sleep(0.05)
+        bar(job, [{"id": "l3", "status": "ok"}])
+        bar.close()
+        shown = stream.getvalue()
+        assert "promise batch: l2 (p1.nii.gz) failed: nothing found at the click" in shown  # always said
+        if stream.isatty():
+            final = shown.replace("\r", "\n").strip().splitlines()[-1]
+            assert "3/4" in final and "failed=1" in final and "row/s" in final
+            assert re.search(r"\d\d:\d\d<\d\d:\d\d", final), final  # elapsed<remaining
+        else:
+            assert shown.strip().splitlines() == ["promise batch: l2 (p1.nii.gz) failed: nothing found at the click"]
+
+
+def test_a_stop_while_an_image_is_written_waits_for_its_record(scans, tmp_path, monkeypatch):
+    """SIGTERM between an image's file and its row of results.csv: the stop waits for the row (the file is then
+    the batch's own, and a rerun keeps it), instead of leaving a file results.csv does not know."""
+    from ProMISeLib.batch import cohort
+    from ProMISeLib.batch.command import Stopped, stop_on_signals
+    from ProMISeLib.batch.plan import batch_settings, prepare
+    from ProMISeLib.batch.work import ImageOutcome, RowOutcome
+    from ProMISeLib.io.volumes import read_geometry
+
+    manifest = _write_manifest(tmp_path / "one.csv", _box_rows(scans, "A"))
+    plan = prepare(manifest, tmp_path / "out", batch_settings("litemedsam"))
+    geometry = read_geometry(scans["A"]["image"])
+    outcome = ImageOutcome(geometry, [RowOutcome("a-box", None, {"voxels": 8}, np.ones((2, 2, 2), bool), (1, 1, 1))])
+    written = cohort.write_segments
+
+    def write_then_signal(*args, **kwargs):
+        path = written(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the file is in place, its record not yet
+        return path
+
+    monkeypatch.setattr(cohort, "write_segments", write_then_signal)
+    with pytest.raises(Stopped, match="SIGTERM"), stop_on_signals(), cohort.cohort_folder(plan):
+        cohort.run_cohort(plan, iter([(plan.jobs[0], outcome)]))
+    record = _results(tmp_path / "out")["a-box"]
+    path = tmp_path / "out" / record["output"]
+    assert record["status"] == "ok" and record["output_sha256"] == file_sha256(path)
+    assert prepare(manifest, tmp_path / "out", batch_settings("litemedsam")).jobs == []  # a rerun: nothing to do
+    assert cohort.GUARD.busy is False and cohort.GUARD.held is None

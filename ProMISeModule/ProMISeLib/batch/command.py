@@ -27,10 +27,11 @@ def add_batch_parser(sub: argparse._SubParsersAction, add_model_options: Callabl
     batch.add_argument("manifest", help="CSV or JSON: id, image, points, negative, box, space, label, label_value, "
                                         "name, output")
     batch.add_argument("--output", "-o", required=True, help="folder for one .seg.nrrd per image and results.csv")
-    batch.add_argument("--workers", type=int, default=None,
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None,
                        help="local worker processes, one model each (default: from the cores and the memory, "
                             "about 2.5 GB a worker)")
-    batch.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run on the workers of a running Dask scheduler (tcp://host:8786) instead")
     add_model_options(batch)
     batch.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto",
@@ -47,7 +48,10 @@ class Stopped(Exception):
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` in the main thread (once; a second is ignored while stopping)."""
+    """SIGINT and SIGTERM raise :class:`Stopped` in the main thread (once; a second is ignored while stopping),
+    after the image being written, if one is, and its record (:data:`ProMISeLib.batch.cohort.GUARD`)."""
+    from ProMISeLib.batch.cohort import GUARD
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -56,7 +60,7 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum, frame) -> None:
         if not fired:
             fired.append(signum)
-            raise Stopped(signum)
+            GUARD.stop(Stopped(signum))
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

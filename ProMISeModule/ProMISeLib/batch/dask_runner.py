@@ -15,11 +15,12 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ProMISeLib.batch.cohort import OnImage, Summary, run_cohort
+from ProMISeLib.batch.cohort import OnImage, Summary, cohort_folder, run_cohort
 from ProMISeLib.batch.plan import ImageJob, Plan
 from ProMISeLib.batch.work import ImageOutcome, failed_image, segment_image
 from ProMISeLib.errors import InvalidInputError, ProMISeError
@@ -98,22 +99,23 @@ def connect(workers: int | None, scheduler: str | None) -> tuple[Client, LocalCl
 def run_on_dask(plan: Plan, options: dict, modality: str = "auto", workers: int | None = None,
                 scheduler: str | None = None, on_image: OnImage | None = None) -> Summary:
     """Run the plan's images on Dask and record each as it finishes (:func:`ProMISeLib.batch.cohort.run_cohort`)."""
-    if not plan.jobs:
-        return run_cohort(plan, [], on_image)
-    client, cluster, threads = connect(workers, scheduler)
-    futures: dict = {}
-    try:
-        client.register_plugin(SegmenterPlugin(options, threads), name=PLUGIN)
-        for job in plan.jobs:
-            key = f"promise-{job.output.removesuffix('.seg.nrrd')}-{uuid.uuid4().hex[:8]}"
-            futures[client.submit(segment_on_worker, job, modality, key=key, retries=1, pure=False)] = job
-        return run_cohort(plan, _finished(futures), on_image)
-    finally:
-        if futures:
-            client.cancel(list(futures))
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    with cohort_folder(plan):
+        if not plan.jobs:
+            return run_cohort(plan, [], on_image)
+        client, cluster, threads = connect(workers, scheduler)
+        futures: dict = {}
+        try:
+            client.register_plugin(SegmenterPlugin(options, threads), name=PLUGIN)
+            for job in plan.jobs:
+                key = f"promise-{Path(job.output).name.removesuffix('.seg.nrrd')}-{uuid.uuid4().hex[:8]}"
+                futures[client.submit(segment_on_worker, job, modality, key=key, retries=1, pure=False)] = job
+            return run_cohort(plan, _finished(futures), on_image)
+        finally:
+            if futures:
+                client.cancel(list(futures))
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def _finished(futures: dict) -> Iterator[tuple[ImageJob, ImageOutcome]]:
@@ -121,6 +123,9 @@ def _finished(futures: dict) -> Iterator[tuple[ImageJob, ImageOutcome]]:
         job = futures.pop(future)
         if future.status == "finished":
             yield job, future.result()
+            continue
+        if future.cancelled():
+            yield job, failed_image(job, "the scheduler cancelled the task (did the cluster stop?)")
             continue
         error = future.exception()
         if isinstance(error, ProMISeError):  # the model, not an image: every other image would fail the same way

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,8 +82,7 @@ def _segment_row(segmenter, volume: np.ndarray, geometry: ImageGeometry, row: Ro
         facts = {"voxels": result.voxel_count, "volume_ml": f"{result.volume_ml:.4f}",
                  "first_slice": result.slice_range[0], "last_slice": result.slice_range[1],
                  "seconds": f"{result.elapsed_s:.2f}", "model": result.model, "method": result.method,
-                 "runtime": result.runtime, "device": result.device, "notes": " | ".join(result.messages),
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "runtime": result.runtime, "device": result.device, "notes": " | ".join(result.messages)}
         if row.label is not None:
             if row.label not in labels:
                 labels[row.label] = _read_label(row.label, geometry)
