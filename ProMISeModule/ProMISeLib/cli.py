@@ -168,8 +168,9 @@ class _Progress:
                         bar_format="{l_bar}{bar}| {elapsed}")
 
     def __call__(self, fraction: float, message: str) -> None:
-        self.bar.set_description_str(message[:40])
+        self.bar.set_description_str(message[:40], refresh=False)
         self.bar.update(max(0, int(fraction * 100) - self.bar.n))
+        self.bar.refresh()  # the step and its message shown together (update alone waits out tqdm's mininterval)
 
     def close(self) -> None:
         self.bar.close()

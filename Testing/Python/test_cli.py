@@ -162,3 +162,26 @@ def test_models_listing_is_aligned_for_the_longest_name(capsys):
     sizes = {line.index(" MB") for line in lines.values()}
     titles = {line.index(MODELS[name].title) for name, line in lines.items()}
     assert len(sizes) == 1 and len(titles) == 1, "\n".join(lines.values())
+
+
+def test_segment_shows_its_progress_on_a_terminal_and_is_silent_otherwise(monkeypatch):
+    import io
+    import sys
+
+    from ProMISeLib.cli import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress = _Progress()  # what `promise segment` hands the engine as its progress callback
+        progress(0.25, "embedding slices")
+        progress(0.6, "walking up")
+        shown = stream.getvalue()
+        progress.close()
+        if stream.isatty():
+            assert "embedding slices" in shown and "walking up" in shown and "60%" in shown
+        else:
+            assert stream.getvalue() == ""
