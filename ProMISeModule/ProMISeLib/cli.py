@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ProMISeLib.batch.command import add_batch_parser, run_batch_command
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
-from ProMISeLib.io.geometry import SPACES
+from ProMISeLib.io.geometry import SPACES, parse_numbers
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.runtime.choice import RUNTIMES
 
@@ -19,12 +20,9 @@ EXIT_BAD_INPUT = 2
 
 def _numbers(text: str, count: int, form: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(p) for p in text.replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"expected {form} ({count} numbers), got {text!r}")
-    return values
+        return parse_numbers(text, count, form)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _point(text: str) -> tuple[float, float, float]:
@@ -84,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
     remove.add_argument("model", nargs="*")
     _add_training_commands(sub)
+    add_batch_parser(sub, _add_model_options)
     prompting = sub.add_parser("train-prompting",
                                help="train the learned prompter of the default model on the labelled scans")
     prompting.add_argument("--output", required=True, help="folder for the weights, their card and the folds")
@@ -171,8 +170,9 @@ class _Progress:
                         bar_format="{l_bar}{bar}| {elapsed}")
 
     def __call__(self, fraction: float, message: str) -> None:
-        self.bar.set_description_str(message[:40])
+        self.bar.set_description_str(message[:40], refresh=False)
         self.bar.update(max(0, int(fraction * 100) - self.bar.n))
+        self.bar.refresh()  # the step and its message shown together (update alone waits out tqdm's mininterval)
 
     def close(self) -> None:
         self.bar.close()
@@ -373,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "segment":
             return _run_segment(args)
+        if args.command == "batch":
+            return run_batch_command(args)
         if args.command == "demo":
             return _run_demo(args)
         if args.command == "models":

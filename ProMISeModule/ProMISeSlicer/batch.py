@@ -15,19 +15,9 @@ import numpy as np
 import slicer
 import vtk
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, ProMISeError
+from ProMISeLib.io.volumes import image_stem
 
-from .options import checkPrompts, checkRuntime
-
-_IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr")
-
-
-def image_stem(path: Path) -> str:
-    """File name without its image extension(s): ``case1.nii.gz`` -> ``case1``."""
-    name = path.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+from .options import checkPrompts, checkRuntime, default_model
 
 
 def _parse_case(case) -> dict:
@@ -189,3 +179,32 @@ def segment_files(
                     scene.RemoveNode(node)
         reports.append(report)
     return reports
+
+
+def segment_batch(logic, manifest: str | Path, outputFolder: str | Path, model: str | None = None,
+                  device: str = "auto", runtime: str = "auto", prompts: str = "auto", modality: str = "auto",
+                  progressCallback: Callable[[float, str], None] | None = None) -> dict:
+    """``promise batch`` in-process, with the logic's engine: the same manifest, the same files and results.csv.
+
+    The whole manifest is checked first (a ``ManifestError`` lists every bad row; nothing runs). Rows an
+    earlier run (from the console or ``promise batch``) finished are kept; one image's failure is recorded
+    and the others go on. Returns the counts ``ok``, ``failed``, ``kept`` and the ``results`` path.
+    """
+    from ProMISeLib.batch.cohort import cohort_folder, in_process, run_cohort
+    from ProMISeLib.batch.plan import batch_settings, prepare
+
+    model = model or default_model()
+    plan = prepare(manifest, outputFolder, batch_settings(model, checkPrompts(prompts), modality))
+    segmenter = logic.getSegmenter(model, device, checkRuntime(runtime), prompts)
+    done = []
+
+    def progress(job, records) -> None:
+        done.extend(records)
+        if progressCallback is not None:
+            progressCallback(len(done) / max(plan.rows_to_run, 1), f"{job.image.name}: {len(done)}/{plan.rows_to_run}")
+
+    with cohort_folder(plan):
+        summary = run_cohort(plan, in_process(plan, segmenter, modality), progress)
+    for note in plan.notes:
+        logging.warning(f"ProMISe batch: {note}")
+    return {"ok": summary.ok, "failed": summary.failed, "kept": summary.kept, "results": plan.results_path}

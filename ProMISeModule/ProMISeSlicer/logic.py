@@ -38,7 +38,7 @@ import slicer
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, ProMISeError, SegmentationCancelled
 
 from . import nodes
-from .batch import segment_files
+from .batch import segment_batch, segment_files
 from .options import PROMPT_MODES, checkPrompts, checkRuntime, default_model
 from .undo import UndoStack, UndoStep
 from .worker import BackgroundRunner
@@ -678,6 +678,10 @@ class ProMISeModuleLogic(_LogicBase):
         """
         return segment_files(self, cases, outputFolder, model, device, progressCallback, stopOnError, scene,
                              runtime=runtime, prompts=prompts)
+
+    def segmentBatch(self, manifest: str | Path, outputFolder: str | Path, **options) -> dict:
+        """``promise batch`` in-process: see :func:`ProMISeSlicer.batch.segment_batch` (same manifest and results)."""
+        return segment_batch(self, manifest, outputFolder, **options)
 
     # --- models -------------------------------------------------------------------------------
     @staticmethod

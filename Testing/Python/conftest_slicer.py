@@ -238,10 +238,11 @@ class FakeSegmenter:
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
         self.calls = []
         self.alternatives = alternatives
+        self.memory, self.cache = _Clearable(), _Clearable()  # as the engine's lesion memory and embedding cache
         FakeSegmenter.instances.append(self)
 
     def segment(self, volume_kji, geometry, points, negative_points=None, space="ras", progress=None, cancel=None,
-                alternative=0):
+                modality="auto", box=None, alternative=0):
         from ProMISeLib.errors import InvalidInputError, SegmentationCancelled
         from ProMISeLib.result import SegmentationResult, bounding_box
 
@@ -279,6 +280,16 @@ class FakeSegmenter:
         return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
                                   self.device, messages=["fake weak result"] if self.empty else [], runtime=ran,
                                   alternative=alternative, alternatives=self.alternatives)
+
+
+class _Clearable:
+    """Counts its ``clear()`` calls."""
+
+    def __init__(self) -> None:
+        self.cleared = 0
+
+    def clear(self) -> None:
+        self.cleared += 1
 
 
 def resample_like(image, geometry) -> np.ndarray:

@@ -96,3 +96,16 @@ def test_the_walk_has_at_most_25_settings_each_with_its_meaning():
     for field in fields:
         line = next(s for s in source if s.strip().startswith(f"{field.name}:"))
         assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"{field.name} has no one-line meaning"
+
+
+def test_only_the_batch_dask_runner_imports_dask():
+    """The Slicer console's segmentBatch shares the batch modules in-process, where Dask is not installed."""
+    for path in (MODULE_DIR / "ProMISeLib").rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        if names & {"dask", "distributed"}:
+            assert path.relative_to(MODULE_DIR).as_posix() == "ProMISeLib/batch/dask_runner.py", path

@@ -170,3 +170,26 @@ def test_an_alternative_needs_a_first_point_without_a_box(tmp_path, capsys):
         alternative = "1" if "--box" in prompt else "-1"
         _assert_refused(tmp_path, capsys, ["segment", str(path), *prompt, "--alternative", alternative],
                         "--alternative N (from 0) picks a hypothesis of the first --point, without --box")
+
+
+def test_segment_shows_its_progress_on_a_terminal_and_is_silent_otherwise(monkeypatch):
+    import io
+    import sys
+
+    from ProMISeLib.cli import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress = _Progress()  # what `promise segment` hands the engine as its progress callback
+        progress(0.25, "embedding slices")
+        progress(0.6, "walking up")
+        shown = stream.getvalue()
+        progress.close()
+        if stream.isatty():
+            assert "embedding slices" in shown and "walking up" in shown and "60%" in shown
+        else:
+            assert stream.getvalue() == ""

@@ -130,3 +130,51 @@ def test_segment_files_passes_the_runtime_to_one_engine(slicer_env, tmp_path):
     with pytest.raises(InvalidInputError, match="unknown runtime"):
         logic.segmentFiles([(image, {"d": [4.0, 5.0, 6.0]})], runtime="trt")
     assert scene.GetNumberOfNodes() == nodes_before and len(FakeSegmenter.instances) == count
+
+
+def test_segment_batch_reads_the_manifest_and_writes_the_results_of_promise_batch(slicer_env, tmp_path):
+    import csv
+
+    from ProMISeLib.batch.manifest import ManifestError
+    from ProMISeLib.batch.plan import batch_settings, prepare
+    from ProMISeLib.batch.results import COLUMNS
+    from ProMISeLib.io.sample_data import get_case
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    _, label, source, label_image = load_case_arrays("brain1", with_label_image=True)
+    case = get_case("brain1")
+    kk, jj, ii = np.nonzero(label)
+    click_ijk = (int(np.median(ii)), int(np.median(jj)), int(np.median(kk)))
+    click_lps = np.array(source.TransformIndexToPhysicalPoint(click_ijk))
+    manifest = tmp_path / "cohort.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "points", "space", "label", "name"])
+        writer.writerow(["t1", case.image, ",".join(map(str, click_lps)), "lps", case.label, "tumour"])
+        writer.writerow(["t2", case.image, ",".join(map(str, LPS @ click_lps)), "ras", case.label, ""])
+    logic = ProMISeModuleLogic(segmenterFactory=fake_factory(label=label_image))
+    progress = []
+    summary = logic.segmentBatch(manifest, tmp_path / "out", progressCallback=lambda f, m: progress.append(f))
+    assert (summary["ok"], summary["failed"], summary["kept"]) == (2, 0, 0) and progress[-1] == 1.0
+    engine = FakeSegmenter.instances[-1]
+    assert [tuple(c["voxels"][0]) for c in engine.calls] == [click_ijk[::-1]] * 2  # LPS and RAS: the same voxel
+    assert engine.memory.cleared == 2 and engine.cache.cleared == 1  # each row afresh; one image, one cache
+    with summary["results"].open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        records = list(reader)
+    assert [(r["id"], r["status"], r["segment"], r["dice"]) for r in records] == [
+        ("t1", "ok", "tumour", "1.0000"), ("t2", "ok", "t2", "1.0000")]
+    assert int(records[0]["voxels"]) == int(np.count_nonzero(label))
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(tmp_path / "out" / "brain1_image.seg.nrrd"))
+    assert slicerio.segment_names(segmentation) == ["tumour", "t2"]
+    # the same folder, seen by `promise batch` with the same settings: nothing left to run
+    assert prepare(manifest, tmp_path / "out", batch_settings("litemedsam")).jobs == []
+    again = logic.segmentBatch(manifest, tmp_path / "out")
+    assert (again["ok"], again["kept"]) == (0, 2) and len(engine.calls) == 2
+    manifest.write_text(manifest.read_text() + f"t3,{tmp_path / 'missing.nrrd'},\"1,2,3\",lps,,\n")
+    with pytest.raises(ManifestError, match="line 4 .*no such file"):
+        logic.segmentBatch(manifest, tmp_path / "out")
+    assert len(engine.calls) == 2

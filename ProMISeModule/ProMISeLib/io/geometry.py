@@ -23,6 +23,18 @@ from ProMISeLib.errors import InvalidInputError, PointOutsideImageError
 Space = Literal["lps", "ras", "ijk"]
 SPACES: tuple[str, ...] = ("lps", "ras", "ijk")
 
+
+def parse_numbers(text: str, count: int, form: str) -> tuple[float, ...]:
+    """``"x, y, z"`` -> ``(x, y, z)``: exactly ``count`` comma-separated numbers, else InvalidInputError."""
+    try:
+        values = tuple(float(p) for p in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise InvalidInputError(f"expected {form} ({count} numbers), got {text!r}")
+    return values
+
+
 #: Flips LPS <-> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from ProMISeLib.io.geometry import ImageGeometry
 from ProMISeLib.io.validation import validate_volume
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr")
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
@@ -33,10 +34,48 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
-        raise ImageReadError(f"{path}: cannot be read as an image {reason.strip()}".rstrip()) from exc
+        raise _read_error(path, exc) from exc
     return image_to_array(image, str(path))
+
+
+def read_geometry(path: str | Path) -> ImageGeometry:
+    """The grid of a 3D scalar image file from its header alone (a DICOM folder: its series is read)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_image(path)[1]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _read_error(path, exc) from exc
+    if reader.GetNumberOfComponents() != 1:
+        raise InvalidInputError(f"{path}: has {reader.GetNumberOfComponents()} components per voxel; "
+                                "a scalar image is needed")
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if dim == 4 and size[3] == 1:  # as image_to_array reads it: the 3D image of its one time point
+        d = reader.GetDirection()
+        return ImageGeometry(size[:3], reader.GetSpacing()[:3], reader.GetOrigin()[:3], d[0:3] + d[4:7] + d[8:11])
+    if dim != 3:
+        raise InvalidInputError(f"{path}: is {dim}D; a 3D image is needed")
+    return ImageGeometry.from_sitk(reader)
+
+
+def _read_error(path: Path, exc: RuntimeError) -> ImageReadError:
+    lines = str(exc).strip().splitlines()
+    reason = next((line for line in lines if "ERROR" in line or "exception" in line.lower()), "")
+    return ImageReadError(f"{path}: cannot be read as an image {reason.strip()}".rstrip())
+
+
+def image_stem(path: str | Path) -> str:
+    """File name without its image extension(s): ``case1.nii.gz`` -> ``case1``; a DICOM folder's name."""
+    path = Path(path)
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -142,17 +181,29 @@ def write_mask(
     if mask_kji.shape != geometry.shape_kji:
         raise OutputError(f"mask shape {mask_kji.shape} does not match the image {geometry.shape_kji}")
     if mask_suffix(path) == ".seg.nrrd":
-        import slicerio
-
-        segmentation = slicerio.create_segmentation(geometry.size, geometry.index_to_lps_matrix())
-        slicerio.add_segment(
-            segmentation,
-            np.asarray(mask_kji, dtype=bool).transpose(2, 1, 0),
-            {"id": "Segment_1", "name": segment_name, "color": list(color)},
-        )
-        return atomic_write(path, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation))
+        return write_segments(path, [({"id": "Segment_1", "name": segment_name, "color": list(color)}, mask_kji)],
+                              geometry)
     image = mask_to_sitk(mask_kji, geometry)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+
+
+def write_segments(path: str | Path, segments: Sequence[tuple[dict, np.ndarray]], geometry: ImageGeometry) -> Path:
+    """Write (K, J, I) masks as the segments of one Slicer ``.seg.nrrd``, atomically.
+
+    Each item is ``({"id": ..., "name": ..., "color": [r, g, b]}, mask)``; a segment that overlaps an
+    earlier one goes to a further layer, as Slicer stores them.
+    """
+    import slicerio
+
+    path = check_writable(path)
+    if mask_suffix(path) != ".seg.nrrd":
+        raise OutputError(f"{path}: segments are written as a .seg.nrrd")
+    segmentation = slicerio.create_segmentation(geometry.size, geometry.index_to_lps_matrix())
+    for fields, mask in segments:
+        if mask.shape != geometry.shape_kji:
+            raise OutputError(f"mask shape {mask.shape} does not match the image {geometry.shape_kji}")
+        slicerio.add_segment(segmentation, np.asarray(mask, dtype=bool).transpose(2, 1, 0), dict(fields))
+    return atomic_write(path, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation))
 
 
 def read_label(path: str | Path, geometry: ImageGeometry | None = None) -> np.ndarray:
@@ -160,8 +211,12 @@ def read_label(path: str | Path, geometry: ImageGeometry | None = None) -> np.nd
     image = sitk.ReadImage(str(path))
     labels = sitk.GetArrayFromImage(image)
     if geometry is not None:
-        other = ImageGeometry.from_sitk(image)
-        if other.size != geometry.size or not np.allclose(other.index_to_lps_matrix(),
-                                                          geometry.index_to_lps_matrix(), atol=1e-3):
-            raise InvalidInputError(f"{path}: label grid differs from the image grid")
+        check_same_grid(path, ImageGeometry.from_sitk(image), geometry)
     return labels
+
+
+def check_same_grid(path: str | Path, label: ImageGeometry, image: ImageGeometry) -> None:
+    """InvalidInputError unless the label file at ``path`` lies on the image's grid (1 micrometre)."""
+    if label.size != image.size or not np.allclose(label.index_to_lps_matrix(), image.index_to_lps_matrix(),
+                                                   atol=1e-3):
+        raise InvalidInputError(f"{path}: label grid differs from the image grid")
