@@ -17,30 +17,40 @@ import SimpleITK as sitk
 
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError
 from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.image_file import itk_reason, read_image_file
 from ProMISeLib.io.validation import validate_volume
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a 3D scalar image file, or a DICOM series folder, as (array_kji, geometry)."""
+def read_image(path: str | Path, notes: list[str] | None = None) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D scalar image file, or a DICOM series folder, as (array_kji, geometry).
+
+    A file is checked against its header first (:func:`~ProMISeLib.io.image_file.read_image_file`): a
+    truncated file, or one that declares more voxels than memory can hold, is refused before it is read.
+    ITK's warnings on the file (an sform it did not use, ...) go to ``notes`` (else stderr).
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     try:
-        if path.is_dir():
-            image = _read_dicom_folder(path)
-        else:
-            image = sitk.ReadImage(str(path))
+        image = _read_dicom_folder(path) if path.is_dir() else read_image_file(path, notes)
+        return image_to_array(image, str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
-        raise ImageReadError(f"{path}: cannot be read as an image {reason.strip()}".rstrip()) from exc
-    return image_to_array(image, str(path))
+        raise ImageReadError(f"{path}: cannot be read as an image ({itk_reason(exc)})") from exc
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except MemoryError as exc:
+        raise ImageReadError(f"{path}: too large for the memory free now ({exc})") from exc
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found": the error below says it
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise ImageReadError(f"{folder}: no DICOM series found in the folder")
     # The series with the most files is the volume a user means.
