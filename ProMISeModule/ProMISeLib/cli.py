@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", help="the released checkpoint, e.g. colon_pretrain_promise.pth")
     remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
     remove.add_argument("model", nargs="*")
+    remove.add_argument("--all", action="store_true", help="remove every downloaded model's weights")
     _add_training_commands(sub)
     prompting = sub.add_parser("train-prompting",
                                help="train the learned prompter of the default model on the labelled scans")
@@ -177,13 +178,15 @@ class _Progress:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from ProMISeLib.cli_checks import check_segment_outputs
     from ProMISeLib.engine import Segmenter
-    from ProMISeLib.io.volumes import check_writable, read_image, write_mask
+    from ProMISeLib.io.volumes import read_image, write_mask
 
-    output = check_writable(args.output)
+    output, report = check_segment_outputs(args.image, args.output, args.report)
     if not args.point and args.box is None:
         raise InvalidInputError("give at least one --point or a --box")
-    volume, geometry = read_image(args.image)
+    notes: list[str] = []  # ITK's warnings on the file, said with the engine's once the mask is written
+    volume, geometry = read_image(args.image, notes)
     # Validate every prompt before any model work, so bad input fails fast.
     if args.point:
         geometry.to_voxel_kji(np.asarray(args.point), args.space)
@@ -201,11 +204,11 @@ def _run_segment(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     write_mask(output, result.mask, geometry, segment_name=args.name)
-    for message in result.messages:
-        print(f"note: {message}")
+    for message in [*notes, *result.messages]:
+        print(f"note: {message}", file=sys.stderr)
     print(f"{output}: {result.summary()}")
-    if args.report:
-        _write_report(args.report, result)
+    if report:
+        _write_report(report, result)
     return 0
 
 
@@ -222,7 +225,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _write_report(path: str, result) -> None:
+def _write_report(path: Path, result) -> None:
     import json
 
     from ProMISeLib.io.volumes import atomic_write
@@ -266,7 +269,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     mask_path = write_mask(out_dir / f"{case.id}_promise.seg.nrrd", result.mask, geometry, segment_name="tumour")
     png = write_overlay(out_dir / f"{case.id}_overlay.png", volume, result.mask, geometry, click)
     for message in result.messages:
-        print(f"note: {message}")
+        print(f"note: {message}", file=sys.stderr)
     print(f"{mask_path}: {result.summary()}")
     print(f"{png}: overlay of three planes through the click")
     print(f"Dice against the expert label: {dice(result.mask, truth):.3f}")
@@ -285,6 +288,7 @@ def _run_models() -> int:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
+    from ProMISeLib.cli_checks import weights_to_remove
     from ProMISeLib.io.weights import download_weights, remove_downloaded_weights
     from ProMISeLib.models.registry import get_model_spec
 
@@ -299,15 +303,12 @@ def _run_weights(args: argparse.Namespace) -> int:
         path = add_model_weights(args.model, args.path)
         print(f"{args.model}: converted {args.path} -> {path} (description: {sidecar_path(path)})")
         return 0
-    names = [get_model_spec(name).weights for name in args.model] or None
-    for path in remove_downloaded_weights(names):
+    for path in remove_downloaded_weights(weights_to_remove(args.model, args.all)):
         print(f"removed {path}")
     return 0
 
 
 def _run_train_prompting(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ProMISeTrain.prompter_pipeline import PipelineSettings, train_prompting
     from ProMISeTrain.prompter_train import TrainSettings
 
@@ -323,8 +324,6 @@ def _run_train_prompting(args: argparse.Namespace) -> int:
 
 
 def _run_train_token_shift(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ProMISeTrain.prompter_pipeline import ShiftPipelineSettings, train_token_shift_job
     from ProMISeTrain.token_shift import ShiftSettings
 

@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 from ProMISeLib.cli import main
 from ProMISeLib.errors import ImageReadError
-from ProMISeLib.io.volumes import read_image
+from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.volumes import read_image, write_mask
 
 
 def _refused(tmp_path, capsys, argv, expect, engine) -> str:
@@ -142,3 +143,101 @@ def test_a_failed_allocation_shows_itks_reason(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Failed to allocate" in done.stdout and ".hxx" not in done.stdout and ".cxx" not in done.stdout, done.stdout
+
+
+# --- checks before the compute --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["OUT.NII.GZ", "Out.Nrrd", "OUT.SEG.NRRD", "out.NII"])
+def test_upper_case_suffixes_are_written(tmp_path, name):
+    geometry = ImageGeometry((5, 4, 3), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros(geometry.shape_kji, np.uint8)
+    mask[1, 1:3, 2:4] = 1
+    out = write_mask(tmp_path / name, mask, geometry)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    if name.lower().endswith(".seg.nrrd"):
+        import slicerio
+
+        assert slicerio.read_segmentation(str(out))["voxels"].sum() == mask.sum()
+    else:
+        sitk_image = sitk.ImageFileReader()
+        sitk_image.SetFileName(str(out))
+        sitk_image.SetImageIO("NiftiImageIO" if ".nii" in name.lower() else "NrrdImageIO")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk_image.Execute()), mask)
+
+
+def test_an_output_that_is_the_input_image_is_refused(tmp_path, capsys, stand_in_engine, monkeypatch):
+    image = _small_image(tmp_path, "scan.nrrd")
+    original = image.read_bytes()
+    (tmp_path / "link.nrrd").symlink_to(image)
+    os.link(image, tmp_path / "hard.nrrd")
+    monkeypatch.chdir(tmp_path)
+    for output in (str(image), "./scan.nrrd", str(tmp_path / "link.nrrd"), "hard.nrrd"):
+        _refused(tmp_path, capsys, ["segment", "scan.nrrd", "--point", "1,1,1", "--space", "ijk", "-o", output],
+                 "is the input image", stand_in_engine)
+    assert image.read_bytes() == original
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_the_model(tmp_path, capsys, stand_in_engine):
+    image = _small_image(tmp_path)
+    mask = tmp_path / "m.nii.gz"
+    base = ["segment", str(image), "--point", "1,1,1", "--space", "ijk", "-o", str(mask)]
+    _refused(tmp_path, capsys, [*base, "--report", str(tmp_path / "no" / "r.json")], "does not exist",
+             stand_in_engine)
+    _refused(tmp_path, capsys, [*base, "--report", str(tmp_path)], "is a folder", stand_in_engine)
+    _refused(tmp_path, capsys, [*base, "--report", str(mask)], "--report names", stand_in_engine)
+    _refused(tmp_path, capsys, [*base, "--report", str(image)], "--report names", stand_in_engine)
+    assert main([*base, "--report", str(tmp_path / "r.json")]) == 0  # a good one is written after the mask
+    assert (tmp_path / "r.json").is_file() and mask.is_file()
+
+
+def test_a_zero_size_box_is_refused_before_the_model(tmp_path, capsys, stand_in_engine):
+    image = _small_image(tmp_path)  # 24 x 20 x 6 voxels
+    for box, space in (("10,10,3,10,10,3", "ijk"), ("4,5,2,4,15,4", "ijk"), ("3.2,4,1,3.2,4,1", "lps")):
+        _refused(tmp_path, capsys, ["segment", str(image), "--box", box, "--space", space, "-o",
+                                    str(tmp_path / "m.nii.gz")], "one voxel across", stand_in_engine)
+    _, geometry = read_image(image)
+    # a box drawn on one slice (no thickness) is a rectangle there: kept
+    assert geometry.box_to_voxels_kji(np.array([[4, 5, 3], [12, 15, 3]], float), "ijk") == ((3, 3), (5, 15), (4, 12))
+
+
+def test_notes_go_to_stderr_and_the_result_to_stdout(tmp_path, capsys, stand_in_engine):
+    image = _small_image(tmp_path)
+    assert main(["segment", str(image), "--point", "5,5,2", "--space", "ijk", "-o", str(tmp_path / "m.nrrd")]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "note: a note from the engine"
+    assert printed.out.strip().startswith(str(tmp_path / "m.nrrd")) and "note:" not in printed.out
+
+
+def test_itks_warnings_on_the_file_are_notes_and_a_refusal_stays_one_line(tmp_path, capfd, stand_in_engine):
+    """A NIfTI whose sform is not the one ITK uses: ITK's warning, printed by its C++ code, becomes a note."""
+    import struct
+
+    image = _small_image(tmp_path, "scan.nii")
+    header = bytearray(image.read_bytes())
+    row = list(struct.unpack_from("<4f", header, 280))  # srow_x: scaled, so the sform's spacing is not pixdim's
+    struct.pack_into("<4f", header, 280, row[0] * 1.5, *row[1:])
+    image.write_bytes(bytes(header))
+    argv = ["segment", str(image), "--space", "ijk", "-o", str(tmp_path / "m.nrrd"), "--point"]
+    assert main([*argv, "5,5,2"]) == 0
+    notes = capfd.readouterr().err.strip().splitlines()
+    assert notes == [f"note: {image} has unexpected scales in sform", "note: a note from the engine"], notes
+    assert main([*argv, "500,5,2"]) == 2
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "outside the image" in line
+
+
+# --- weights and checkpoints ----------------------------------------------------------------
+def test_weights_remove_needs_model_names_or_all(tmp_path, capsys, monkeypatch):
+    from ProMISeLib.io.weights import cached_path
+
+    monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
+    files = [cached_path(name) for name in ("lite_medsam", "sam_vit_b")]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+    assert main(["weights", "remove"]) == 2
+    err = capsys.readouterr().err
+    assert "--all" in err and len(err.strip().splitlines()) == 1
+    assert main(["weights", "remove", "litemedsam", "--all"]) == 2
+    assert all(path.is_file() for path in files), "a bare remove deleted weights"
+    assert main(["weights", "remove", "litemedsam"]) == 0 and not files[0].exists() and files[1].exists()
+    assert main(["weights", "remove", "--all"]) == 0 and not files[1].exists()

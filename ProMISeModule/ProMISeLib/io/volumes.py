@@ -86,9 +86,14 @@ def mask_suffix(path: str | Path) -> str:
 
 
 def check_writable(path: str | Path) -> Path:
-    """Fail early (before any compute) if ``path`` cannot be written."""
-    path = Path(path)
+    """Fail early (before any compute) if the mask file ``path`` cannot be written."""
     mask_suffix(path)
+    return check_writable_file(path)
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Fail early (before any compute) if a file can't be written at ``path`` (any suffix)."""
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
@@ -107,7 +112,8 @@ def check_writable(path: str | Path) -> Path:
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    name = path.name.lower()  # the temporary file's suffix tells the writer the format: in the case it knows
+    suffix = next((s for s in MASK_SUFFIXES if s.count(".") > 1 and name.endswith(s)), path.suffix.lower())
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".promise-",
                                         suffix=suffix)
