@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from ProMISeLib.cli import main
-from ProMISeLib.errors import ImageReadError
+from ProMISeLib.errors import CheckpointError, ImageReadError
 from ProMISeLib.io.geometry import ImageGeometry
 from ProMISeLib.io.volumes import read_image, write_mask
 
@@ -241,3 +241,22 @@ def test_weights_remove_needs_model_names_or_all(tmp_path, capsys, monkeypatch):
     assert all(path.is_file() for path in files), "a bare remove deleted weights"
     assert main(["weights", "remove", "litemedsam"]) == 0 and not files[0].exists() and files[1].exists()
     assert main(["weights", "remove", "--all"]) == 0 and not files[1].exists()
+
+
+def test_a_malicious_pickle_is_called_what_it_is_and_never_run(tmp_path):
+    """A pickle that calls os.system: torch 2.13 names the blocked module; nothing in the file runs."""
+    import torch
+    from ProMISeLib.models.promise3d.checkpoint import convert_released_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "colon_pretrain_promise.pth"
+    torch.save({"encoder_dict": Payload()}, evil)
+    with pytest.raises(CheckpointError, match=r"refused by PyTorch's safe loader.*needs (posix|nt)\.system"):
+        convert_released_checkpoint(evil, "promise-colon", tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
