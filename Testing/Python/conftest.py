@@ -48,6 +48,22 @@ def flip_byte(path, index: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """LiteMedSAM's ONNX export, made once a session, and the warnings the export raised."""
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from ProMISeLib.runtime.onnx_backend import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx_export")
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        export_onnx("litemedsam", out)
+    return out, list(raised)
+
+
 class StandInSegmenter:
     """Takes ``ProMISeLib.engine.Segmenter``'s place in command-line tests of reading, checking and writing.
 
