@@ -104,7 +104,7 @@ def test_a_header_larger_than_its_payload_is_refused_before_allocating(tmp_path,
     started = time.perf_counter()
     with pytest.raises(ImageReadError, match="2000 x 2000 x 2000 voxels"):
         read_image(path)
-    assert time.perf_counter() - started < 5.0  # generous: it reads a header, not 16 GB
+    assert time.perf_counter() - started < 1.0  # it reads a header, not 16 GB (~0.05 s here)
 
 
 def test_a_header_larger_than_free_memory_is_refused_before_allocating(tmp_path, capsys, no_voxel_read,
@@ -116,7 +116,7 @@ def test_a_header_larger_than_free_memory_is_refused_before_allocating(tmp_path,
     started = time.perf_counter()
     _refused(tmp_path, capsys, ["segment", str(header), "--point", "0,0,0", "-o", str(tmp_path / "m.nii.gz")],
              "of memory free", stand_in_engine)
-    assert time.perf_counter() - started < 5.0
+    assert time.perf_counter() - started < 1.0
     import psutil
 
     small = _small_image(tmp_path, "small.nrrd")  # 6 x 20 x 24 voxels: 17 kB to read

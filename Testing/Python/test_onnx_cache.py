@@ -122,6 +122,30 @@ def test_a_cache_path_that_is_a_file_is_one_line_with_onnx_and_a_true_note_with_
     assert "PyTorch runs instead" in auto.messages[0] and "exported it anew" not in auto.messages[0]
 
 
+def test_a_read_only_cache_is_one_line_with_onnx_and_a_true_note_with_auto(cache, tmp_path, capsys, monkeypatch):
+    """An empty cache on a read-only file system (errno 30): no export is tried, none is said to be made."""
+    cache.mkdir()
+    make_folder = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).resolve().is_relative_to(cache.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return make_folder(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)  # as root a chmod'ed folder is still writable: the refusal itself
+    code = main(["segment", str(_small_scan(tmp_path)), "--point", "20,20,3", "--space", "ijk", "--runtime", "onnx",
+                 "--device", "cpu", "-o", str(tmp_path / "m.nii.gz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot be written (Read-only file system)" in err, err
+    assert "Traceback" not in err and not (tmp_path / "m.nii.gz").exists()
+    auto = Segmenter(device="cpu", runtime="auto", prompts="heuristic")
+    auto.load()
+    (note,) = auto.messages
+    assert auto.runtime == "torch" and "cannot be written (Read-only file system)" in note, note
+    assert "PyTorch runs instead" in note and "exported it anew" not in note
+    assert list(cache.iterdir()) == []
+
+
 def test_a_damaged_cache_that_cannot_be_rewritten_says_so_and_never_that_it_was_exported(
         onnx_export, cache, tmp_path, capsys, monkeypatch):
     _damaged_cache(onnx_export)
