@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ProMISeLib.batch.command import add_batch_parser, run_batch_command
+from ProMISeLib.cli_training import TRAINING_COMMANDS, add_training_commands, run_training
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.geometry import SPACES, parse_numbers
 from ProMISeLib.prompting import PROMPT_MODES
@@ -81,64 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", help="the released checkpoint, e.g. colon_pretrain_promise.pth")
     remove = wsub.add_parser("remove", help="delete downloaded weights from the cache")
     remove.add_argument("model", nargs="*")
-    _add_training_commands(sub)
+    remove.add_argument("--all", action="store_true", help="remove every downloaded model's weights")
+    add_training_commands(sub)
     add_batch_parser(sub, _add_model_options)
-    prompting = sub.add_parser("train-prompting",
-                               help="train the learned prompter of the default model on the labelled scans")
-    prompting.add_argument("--output", required=True, help="folder for the weights, their card and the folds")
-    prompting.add_argument("--data", default=None, help="labelled scans with cases.json (default: PROMISE_DATA_DIR)")
-    prompting.add_argument("--cache", default=None, help="where the frozen embeddings are cached")
-    prompting.add_argument("--folds", type=int, default=19,
-                           help="cross-validation folds by patient (0: none; the number of patients or more: "
-                                "leave one patient out)")
-    prompting.add_argument("--iterations", type=int, default=600)
-    prompting.add_argument("--click-depth-power", type=float, default=None,
-                           help="a training click's weight is its distance to the edge to this power (0: clicks "
-                                "anywhere inside alike; the default, 2, favours the middle)")
-    prompting.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
-    prompting.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="for encoding the slices")
-    prompting.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="for encoding the slices")
-    shift = sub.add_parser("train-token-shift",
-                           help="train the default model's decoder token shift on the labelled scans")
-    shift.add_argument("--output", required=True, help="folder for the shift, its card and the folds")
-    shift.add_argument("--data", default=None, help="labelled scans with cases.json (default: PROMISE_DATA_DIR)")
-    shift.add_argument("--cache", default=None, help="the frozen embeddings train-prompting cached (filled if empty)")
-    shift.add_argument("--folds", type=int, default=4, help="cross-validation folds by patient (0: none)")
-    shift.add_argument("--iterations", type=int, default=150)
-    shift.add_argument("--jobs", type=int, default=1, help="folds trained in parallel (one thread each)")
     return parser
-
-
-def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    """``promise train`` and ``promise evaluate`` (ProMISe 3D on an MSD task folder); run in train3d/evaluate3d."""
-    train = sub.add_parser("train", help="train the ProMISe 3D model on an MSD task folder")
-    train.add_argument("--data", required=True, help="MSD task folder (dataset.json, imagesTr/, labelsTr/)")
-    train.add_argument("--task", required=True, choices=("colon", "pancreas"))
-    train.add_argument("--output", required=True, help="folder for checkpoints, history, loss.png, best model")
-    train.add_argument("--epochs", type=int, default=200, help="total epochs (a resumed run counts those done)")
-    train.add_argument("--resume", action="store_true", help="continue the run saved in --output")
-    train.add_argument("--reduced", action="store_true", help="the tiny model (CPU tests), random init")
-    train.add_argument("--splits", default=None, help="split JSON (fold-0 format); else all cases train")
-    train.add_argument("--init", default=None,
-                       help="sam (default), random (default with --reduced), promise-colon, or a weights file")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    train.add_argument("--steps-per-epoch", type=int, default=None, help="crops per epoch (default: one per case)")
-    evaluate = sub.add_parser("evaluate", help="one-click Dice and NSD of a ProMISe 3D model on an MSD split")
-    which = evaluate.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="registered model name (promise-colon, promise-pancreas)")
-    which.add_argument("--weights", help="a converted or trained ProMISe 3D checkpoint")
-    evaluate.add_argument("--data", required=True, help="MSD task folder")
-    evaluate.add_argument("--task", required=True, choices=("colon", "pancreas"))
-    evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
-                          help="default: test with --splits, else all")
-    evaluate.add_argument("--splits", default=None, help="split JSON (fold-0 format)")
-    evaluate.add_argument("--output", required=True, help="report .json (a .csv is written beside it)")
-    evaluate.add_argument("--click", choices=("centroid", "random"), default="centroid",
-                          help="label voxel nearest the centroid, or a seeded random one (the paper)")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -179,15 +126,17 @@ class _Progress:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from ProMISeLib.cli_checks import check_segment_outputs
     from ProMISeLib.engine import Segmenter
-    from ProMISeLib.io.volumes import check_writable, read_image, write_mask
+    from ProMISeLib.io.volumes import read_image, write_mask
 
-    output = check_writable(args.output)
+    output, report = check_segment_outputs(args.image, args.output, args.report)
     if not args.point and args.box is None:
         raise InvalidInputError("give at least one --point or a --box")
     if args.alternative < 0 or (args.alternative and (args.box is not None or not args.point)):
         raise InvalidInputError("--alternative N (from 0) picks a hypothesis of the first --point, without --box")
-    volume, geometry = read_image(args.image)
+    notes: list[str] = []  # ITK's warnings on the file, said with the engine's once the mask is written
+    volume, geometry = read_image(args.image, notes)
     # Validate every prompt before any model work, so bad input fails fast.
     if args.point:
         geometry.to_voxel_kji(np.asarray(args.point), args.space)
@@ -206,14 +155,14 @@ def _run_segment(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     write_mask(output, result.mask, geometry, segment_name=args.name)
-    for message in result.messages:
-        print(f"note: {message}")
+    for message in [*notes, *result.messages]:
+        print(f"note: {message}", file=sys.stderr)
     if result.alternatives > 1:
         print(f"note: the click has {result.alternatives} distinct hypotheses; this is --alternative "
-              f"{result.alternative} (0 to {result.alternatives - 1})")
+              f"{result.alternative} (0 to {result.alternatives - 1})", file=sys.stderr)
     print(f"{output}: {result.summary()}")
-    if args.report:
-        _write_report(args.report, result)
+    if report:
+        _write_report(report, result)
     return 0
 
 
@@ -230,7 +179,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _write_report(path: str, result) -> None:
+def _write_report(path: Path, result) -> None:
     import json
 
     from ProMISeLib.io.volumes import atomic_write
@@ -274,7 +223,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     mask_path = write_mask(out_dir / f"{case.id}_promise.seg.nrrd", result.mask, geometry, segment_name="tumour")
     png = write_overlay(out_dir / f"{case.id}_overlay.png", volume, result.mask, geometry, click)
     for message in result.messages:
-        print(f"note: {message}")
+        print(f"note: {message}", file=sys.stderr)
     print(f"{mask_path}: {result.summary()}")
     print(f"{png}: overlay of three planes through the click")
     print(f"Dice against the expert label: {dice(result.mask, truth):.3f}")
@@ -293,6 +242,7 @@ def _run_models() -> int:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
+    from ProMISeLib.cli_checks import weights_to_remove
     from ProMISeLib.io.weights import download_weights, remove_downloaded_weights
     from ProMISeLib.models.registry import get_model_spec
 
@@ -307,45 +257,8 @@ def _run_weights(args: argparse.Namespace) -> int:
         path = add_model_weights(args.model, args.path)
         print(f"{args.model}: converted {args.path} -> {path} (description: {sidecar_path(path)})")
         return 0
-    names = [get_model_spec(name).weights for name in args.model] or None
-    for path in remove_downloaded_weights(names):
+    for path in remove_downloaded_weights(weights_to_remove(args.model, args.all)):
         print(f"removed {path}")
-    return 0
-
-
-def _run_train_prompting(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ProMISeTrain.prompter_pipeline import PipelineSettings, train_prompting
-    from ProMISeTrain.prompter_train import TrainSettings
-
-    clicks = {} if args.click_depth_power is None else {"click_depth_power": args.click_depth_power}
-    card = train_prompting(Path(args.output), Path(args.data) if args.data else None,
-                           Path(args.cache) if args.cache else None, args.device, args.runtime,
-                           TrainSettings(iterations=args.iterations, **clicks),
-                           settings=PipelineSettings(folds=args.folds), jobs=args.jobs)
-    mean = card["validation"]["coarse_dice_mean"]
-    print(f"validation on held-out patients (coarse, no decoder): mean Dice {mean}" if mean is not None
-          else "no validation run")
-    return 0
-
-
-def _run_train_token_shift(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ProMISeTrain.prompter_pipeline import ShiftPipelineSettings, train_token_shift_job
-    from ProMISeTrain.token_shift import ShiftSettings
-
-    train = ShiftSettings(iterations=args.iterations, threads=1 if args.jobs > 1 else 2)
-    card = train_token_shift_job(Path(args.output), Path(args.data) if args.data else None,
-                                 Path(args.cache) if args.cache else None, train,
-                                 ShiftPipelineSettings(folds=args.folds), jobs=args.jobs)
-    validation = card["validation"]
-    if "shifted_picked_mean" in validation:
-        print(f"validation on held-out patients (2D, neighbour-slice boxes): Dice {validation['frozen_picked_mean']} "
-              f"frozen, {validation['shifted_picked_mean']} shifted")
-    else:
-        print("no validation run")
     return 0
 
 
@@ -385,16 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = export_onnx(args.model, args.output, args.weights, args.opset, int8=args.int8)
             print(f"wrote {manifest}")
             return 0
-        if args.command == "train-prompting":
-            return _run_train_prompting(args)
-        if args.command == "train-token-shift":
-            return _run_train_token_shift(args)
         if args.command == "weights":
             return _run_weights(args)
-        if args.command in ("train", "evaluate"):
-            from ProMISeTrain import evaluate3d, train3d
-
-            return (train3d if args.command == "train" else evaluate3d).run_cli(args)
+        if args.command in TRAINING_COMMANDS:
+            return run_training(args)
         raise InvalidInputError(f"unknown command {args.command}")
     except ProMISeError as exc:
         print(f"promise: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ import numpy as np
 import slicer
 import vtk
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, ProMISeError
+from ProMISeLib.io.image_file import read_image_header
 from ProMISeLib.io.volumes import image_stem
 
 from .options import checkPrompts, checkRuntime, default_model
@@ -51,6 +52,7 @@ def load_volume(scene, path: Path, added: list):
     """Read a scalar volume file into ``scene`` (the new nodes are appended to ``added``)."""
     if not path.is_file():
         raise ImageReadError(f"image file {path} does not exist")
+    read_image_header(path)  # a truncated file, or one too large for memory, is refused before a node is made
     storage = _add(scene, slicer.vtkMRMLVolumeArchetypeStorageNode(), added)
     storage.SetFileName(str(path))
     volume = slicer.vtkMRMLScalarVolumeNode()

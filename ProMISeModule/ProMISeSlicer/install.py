@@ -403,15 +403,15 @@ def run_pip(todo: InstallPlan, pip, confirm: Callable[[str], bool] | None = None
                 + "\n\nSlicer's numpy, scipy and SimpleITK are kept at their versions. Install them now?")
     if confirm is not None and not confirm(question):
         raise RuntimeError("installation of the Python packages was declined")
-    folder = Path(tempfile.mkdtemp(prefix="promise-pip-"))
-    constraints = folder / "constraints.txt"
-    constraints.write_text(todo.constraints or constraints_text())
-    calls = pip_calls(todo, str(constraints), wheel_folder)
-    for call in calls:
-        if call.ensure and pip.has_ensure:
-            pip.ensure(list(call.requirements), str(constraints))
-        else:
-            pip.install(list(call.arguments))
+    with tempfile.TemporaryDirectory(prefix="promise-pip-") as folder:  # removed however pip ends
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text(todo.constraints or constraints_text())
+        calls = pip_calls(todo, str(constraints), wheel_folder)
+        for call in calls:
+            if call.ensure and pip.has_ensure:
+                pip.ensure(list(call.requirements), str(constraints))
+            else:
+                pip.install(list(call.arguments))
     importlib.invalidate_caches()
     return calls
 

@@ -46,3 +46,57 @@ def flip_byte(path, index: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 if index is None else index] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """LiteMedSAM's ONNX export, made once a session, and the warnings the export raised."""
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from ProMISeLib.runtime.onnx_backend import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx_export")
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        export_onnx("litemedsam", out)
+    return out, list(raised)
+
+
+class StandInSegmenter:
+    """Takes ``ProMISeLib.engine.Segmenter``'s place in command-line tests of reading, checking and writing.
+
+    Built as the CLI builds the engine; its ``segment`` maps the clicks with the image's geometry (so
+    a point outside the image is refused as the engine refuses it) and returns a real
+    :class:`SegmentationResult`: the voxels around the first click brighter than the image's median.
+    """
+
+    built: list = []
+
+    def __init__(self, **options) -> None:
+        self.options = options
+        StandInSegmenter.built.append(self)
+
+    def segment(self, volume, geometry, points, negative_points=(), space="lps", modality="auto", progress=None,
+                box=None, cancel=None):
+        import numpy as np
+        from ProMISeLib.result import SegmentationResult, bounding_box
+
+        k, j, i = geometry.to_voxel_kji(np.asarray(points, float), space)[0]
+        mask = np.zeros(volume.shape, np.uint8)
+        near = (slice(max(k - 1, 0), k + 2), slice(max(j - 3, 0), j + 4), slice(max(i - 3, 0), i + 4))
+        mask[near] = volume[near] > np.median(volume)
+        mask[k, j, i] = 1
+        return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, "stand-in", "stand-in", "cpu",
+                                  messages=["a note from the engine"], runtime="none")
+
+
+@pytest.fixture
+def stand_in_engine(monkeypatch):
+    """``promise segment`` with :class:`StandInSegmenter` for the engine (no model is built)."""
+    from ProMISeLib import engine
+
+    StandInSegmenter.built.clear()
+    monkeypatch.setattr(engine, "Segmenter", StandInSegmenter)
+    return StandInSegmenter

@@ -26,7 +26,7 @@ def _lesion_subvolume(case, tmp_path, pad: int = 2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".seg.nrrd"])
+@pytest.mark.parametrize("suffix", [".seg.nrrd", ".NII.GZ"])  # an upper-case suffix too, end to end
 def test_cli_segments_real_tumour_from_one_click(cases, tmp_path, capsys, suffix):
     image_path, truth, image = _lesion_subvolume(cases["brain1"], tmp_path)
     k, j, i = centre_click(truth)
@@ -37,11 +37,20 @@ def test_cli_segments_real_tumour_from_one_click(cases, tmp_path, capsys, suffix
     assert code == 0
     printed = capsys.readouterr().out
     assert "voxels" in printed and "mL" in printed and "slices" in printed
-    import slicerio
+    if suffix == ".seg.nrrd":
+        import slicerio
 
-    seg = slicerio.read_segmentation(str(out))
-    mask = seg["voxels"].transpose(2, 1, 0) > 0
-    np.testing.assert_allclose(seg["ijkToLPS"][:3, 3], image.GetOrigin(), atol=1e-4)
+        seg = slicerio.read_segmentation(str(out))
+        mask = seg["voxels"].transpose(2, 1, 0) > 0
+        np.testing.assert_allclose(seg["ijkToLPS"][:3, 3], image.GetOrigin(), atol=1e-4)
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(out))
+        reader.SetImageIO("NiftiImageIO")  # ITK picks a reader by the lower-case suffix
+        written = reader.Execute()
+        mask = sitk.GetArrayFromImage(written) > 0
+        np.testing.assert_allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["sub.nrrd", "sub_label.nrrd", out.name])
     assert dice(mask, truth) > 0.5
 
 

@@ -17,12 +17,8 @@ pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    from ProMISeLib.runtime.onnx_backend import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx")
-    export_onnx("litemedsam", out)
-    return out
+def export_dir(onnx_export):
+    return onnx_export[0]
 
 
 def test_manifest_records_hashes_and_preprocessing(export_dir):
@@ -156,16 +152,19 @@ def test_a_wrong_checkpoint_is_refused_on_onnx_even_with_a_cached_export(tmp_pat
 def test_a_damaged_export_in_the_cache_is_rebuilt_and_said(tmp_path, monkeypatch):
     """A corrupt cached file is exported anew, atomically, and the run says so; it stays on ONNX Runtime."""
     from ProMISeLib.runtime.onnx_backend import read_manifest
+    from ProMISeLib.runtime.onnx_cache import cache_folder, current_export
 
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
     first = Segmenter(device="cpu", runtime="auto")
     first.load()
-    folder = tmp_path / "onnx" / "litemedsam"
+    folder = current_export("litemedsam")
     assert first.runtime == "onnx" and not first.messages
     flip_byte(folder / "decoder.onnx")
     again = Segmenter(device="cpu", runtime="auto")
     again.load()
     assert again.runtime == "onnx", "not the silent fall-back to PyTorch"
     assert len(again.messages) == 1 and "damaged" in again.messages[0] and "exported it anew" in again.messages[0]
-    read_manifest(folder)  # every file matches its manifest again
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["litemedsam"], "no staging folder left behind"
+    read_manifest(current_export("litemedsam"))  # every file matches its manifest again
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["litemedsam"], "no staging folder left behind"
+    kept = {p.name for p in cache_folder("litemedsam").iterdir()}
+    assert kept == {"current", folder.name, current_export("litemedsam").name}  # the damaged one: this process's

@@ -107,8 +107,10 @@ def test_int8_is_refused_with_the_torch_runtime_or_on_cuda(export_dir, monkeypat
 
 
 def test_first_int8_use_quantises_into_the_cache(export_dir, tmp_path, monkeypatch):
+    from ProMISeLib.runtime.onnx_cache import adopt_export
+
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
-    cached = fp32_only(export_dir, tmp_path / "onnx" / "litemedsam")  # an earlier fp32 run exported it
+    cached = adopt_export("litemedsam", fp32_only(export_dir, tmp_path / "fp32"))  # an earlier fp32 run's export
     segmenter = Segmenter(device="cpu", runtime="onnx", precision="int8")
     predictor = segmenter.load()
     assert predictor.backend.runtime == "onnx-int8"
@@ -117,9 +119,10 @@ def test_first_int8_use_quantises_into_the_cache(export_dir, tmp_path, monkeypat
 
 
 def test_an_int8_encoder_quantised_with_older_settings_is_made_anew_in_the_cache(export_dir, tmp_path, monkeypatch):
+    from ProMISeLib.runtime.onnx_cache import adopt_export
+
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
-    cached = tmp_path / "onnx" / "litemedsam"
-    shutil.copytree(export_dir, cached)
+    cached = adopt_export("litemedsam", export_dir)
     manifest = json.loads((cached / "manifest.json").read_text())
     manifest["int8"]["weight_type"] = "QInt8"  # as quantised before: signed weights, which saturate on AVX2
     (cached / "manifest.json").write_text(json.dumps(manifest))

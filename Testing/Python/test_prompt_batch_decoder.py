@@ -85,15 +85,18 @@ def test_a_cached_onnx_export_of_the_old_decoder_graph_is_exported_anew(tmp_path
     pytest.importorskip("onnxruntime")
     from ProMISeLib.engine import Segmenter
     from ProMISeLib.runtime.onnx_backend import DECODER_GRAPH, MANIFEST
+    from ProMISeLib.runtime.onnx_cache import current_export
 
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
     Segmenter(device="cpu", runtime="onnx").load()
-    manifest_path = tmp_path / "onnx" / "litemedsam" / MANIFEST
+    manifest_path = current_export("litemedsam") / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     assert manifest["decoder_graph"] == DECODER_GRAPH
     del manifest["decoder_graph"]  # what an export from before this graph looks like
     manifest_path.write_text(json.dumps(manifest))
     Segmenter(device="cpu", runtime="onnx").load()
+    assert current_export("litemedsam") != manifest_path.parent  # a new export folder, made current
+    manifest_path = current_export("litemedsam") / MANIFEST
     assert json.loads(manifest_path.read_text())["decoder_graph"] == DECODER_GRAPH
     # A user's own export directory is never rewritten: it runs, and the user is told how to speed it up.
     manifest = json.loads(manifest_path.read_text())

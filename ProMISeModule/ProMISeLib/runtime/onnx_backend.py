@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ProMISeLib.errors import CheckpointError, InvalidInputError
+from ProMISeLib.errors import CheckpointError, InvalidInputError, OutputError
 from ProMISeLib.io.download import sha256_of
 from ProMISeLib.io.volumes import atomic_write
 from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
@@ -69,22 +71,27 @@ def export_onnx(model_name: str, output_dir: str | Path, weights: str | None = N
         raise InvalidInputError(f"{model_name}: ONNX export covers box-prompted models only (e.g. litemedsam)")
     model = spec.build(resolve_weights(spec.weights, weights)).eval()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: could not create the export folder ({exc.strerror or exc})") from exc
     size = spec.scaling.size
     image = torch.rand(2, 3, size, size)
     with torch.inference_mode():
         embedding = model.image_encoder(image[:1])
     boxes = torch.tensor([[20.0, 30.0, 120.0, 140.0], [60.0, 50.0, 200.0, 190.0]])
     files = {"encoder": out / "encoder.onnx", "decoder": out / "decoder.onnx"}
-    torch.onnx.export(model.image_encoder, (image,), files["encoder"], input_names=ENCODER_INPUTS,
-                      output_names=["image_embeddings"], dynamic_axes={"image": {0: "batch"},
-                                                                      "image_embeddings": {0: "batch"}},
-                      opset_version=opset, dynamo=False)
-    torch.onnx.export(BoxDecoder(model), (embedding, boxes), files["decoder"], input_names=DECODER_INPUTS,
-                      output_names=["low_res_logits", "iou"], dynamic_axes={"boxes": {0: "prompts"},
-                                                                             "low_res_logits": {0: "prompts"},
-                                                                             "iou": {0: "prompts"}},
-                      opset_version=opset, dynamo=False)
+    with warnings.catch_warnings():  # the tracer's notes on Python values it keeps as constants (input size,
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # head scale): fixed for this model, not news
+        atomic_write(files["encoder"], lambda tmp: torch.onnx.export(
+            model.image_encoder, (image,), tmp, input_names=ENCODER_INPUTS, output_names=["image_embeddings"],
+            dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}}, opset_version=opset,
+            dynamo=False))
+        atomic_write(files["decoder"], lambda tmp: torch.onnx.export(
+            BoxDecoder(model), (embedding, boxes), tmp, input_names=DECODER_INPUTS,
+            output_names=["low_res_logits", "iou"],
+            dynamic_axes={"boxes": {0: "prompts"}, "low_res_logits": {0: "prompts"}, "iou": {0: "prompts"}},
+            opset_version=opset, dynamo=False))
     manifest = {
         "model": spec.name, "input_size": size, "scaling": spec.scaling.mode, "opset": opset,
         "embedding_shape": list(embedding.shape[1:]), "decoder_graph": DECODER_GRAPH, "torch": torch.__version__,
@@ -150,13 +157,18 @@ def read_manifest(directory: str | Path, roles: tuple[str, ...] = ("encoder", "d
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("its files are not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: missing or unreadable ONNX manifest ({exc})") from exc
     for role in roles:
-        entry = files.get(role) or {}
+        entry = files.get(role) if isinstance(files.get(role), dict) else {}
         if role == INT8_ENCODER and not entry:
             raise CheckpointError(f"{directory}: the export has no int8 encoder; run `promise export --int8`")
-        onnx_file = directory / str(entry.get("name", ""))
+        name = str(entry.get("name", ""))
+        if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+            raise CheckpointError(f"{path}: names the {role} file {name!r}, not a file in the export folder")
+        onnx_file = directory / name
         if not onnx_file.is_file():
             raise CheckpointError(f"{directory}: the {role} file named in the manifest is missing")
         if sha256_of(onnx_file) != entry.get("sha256"):

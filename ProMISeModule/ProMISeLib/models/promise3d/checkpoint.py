@@ -125,7 +125,9 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        # torch 2.13 words it "Unsupported global: GLOBAL x.Y" (a class it does not allow), or
+        # "unsupported GLOBAL posix.system whose module posix is blocked" (a blocked module: os, sys, ...)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
         if found is None:  # not a pickle PyTorch knows (corrupt, or not a checkpoint at all)
             raise CheckpointError(f"{path}: unreadable or not a PyTorch checkpoint (its pickle stream is not one "
                                   "PyTorch's safe loader can read)") from exc
