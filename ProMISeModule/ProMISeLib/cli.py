@@ -13,6 +13,7 @@ from ProMISeLib.batch.command import add_batch_parser, run_batch_command
 from ProMISeLib.cli_training import TRAINING_COMMANDS, add_training_commands, run_training
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.geometry import SPACES, parse_numbers
+from ProMISeLib.models.registry import DEFAULT_MODEL
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.runtime.choice import RUNTIMES
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the models and whether their weights are installed")
 
     export = sub.add_parser("export", help="export a model's encoder and box decoder to ONNX with a manifest")
-    export.add_argument("--model", default="litemedsam")
+    export.add_argument("--model", default=DEFAULT_MODEL)
     export.add_argument("--weights", default=None)
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--output", required=True, help="directory for encoder.onnx, decoder.onnx, manifest.json")
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="litemedsam", help="model name (see `promise models`)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `promise models`)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto: ONNX Runtime on a CPU where it is installed (exported into the cache on first "

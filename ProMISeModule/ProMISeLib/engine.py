@@ -32,7 +32,13 @@ from ProMISeLib.models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.result import SegmentationResult, bounding_box
 from ProMISeLib.runtime.embedding_store import EmbeddingStore
-from ProMISeLib.runtime.loader import check_precision, choose_runtime, load_backend, resolve_device
+from ProMISeLib.runtime.loader import (
+    check_precision,
+    choose_runtime,
+    encode_batch_size,
+    load_backend,
+    resolve_device,
+)
 from ProMISeLib.runtime.predictor import EmbeddingCache, SlicePredictor
 from ProMISeLib.walk import PropagationSettings, SliceMasks, WalkPlugin, assemble
 from ProMISeLib.walk.choose import chooser_for
@@ -60,7 +66,7 @@ class Segmenter:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
                  cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "auto",
-                 onnx_dir: str | None = None, precision: str = "fp32", parity_permuted_click: bool = False,
+                 onnx_dir: str | None = None, precision: str = "fp32",
                  prompts: str = "auto", prompter_weights: str | None = None,
                  plugins: Sequence[WalkPlugin] = (), embedding_store: str | EmbeddingStore | None = None) -> None:
         """``prompts`` chooses how clicks become per-slice boxes: ``heuristic`` (the rule-based box
@@ -78,9 +84,6 @@ class Segmenter:
 
         ``embedding_store`` (a folder, or an :class:`EmbeddingStore`) keeps every crop's embedding on disk, so a
         later run (another process, another day) encodes only crops it has not seen.
-
-        ``parity_permuted_click`` (ProMISe 3D models only) passes the click the way the official tester
-        does (in-plane coordinates swapped), to reproduce published numbers.
         """
         self.spec = get_model_spec(model)
         self.prompts = check_prompts(prompts)
@@ -91,7 +94,6 @@ class Segmenter:
         self._mode = "heuristic"  # the prompts that run, once resolved
         if self.spec.kind == VOLUME3D and runtime == "onnx":
             raise InvalidInputError(f"{model} runs with the torch runtime only")
-        self.parity_permuted_click = parity_permuted_click
         self._volume3d = None  # a Promise3DRunner, for volume3d models
         self.precision = precision
         self.onnx_dir = onnx_dir
@@ -142,9 +144,7 @@ class Segmenter:
                 from ProMISeLib.models.promise3d.runner import Promise3DRunner
 
                 path = resolve_weights(self.spec.weights, self.weights_path)  # checked against its sidecar
-                self._volume3d = Promise3DRunner.load(path, self.device, half=self.precision == "fp16",
-                                                      parity_permuted_click=self.parity_permuted_click,
-                                                      verify=False)
+                self._volume3d = Promise3DRunner.load(path, self.device, half=self.precision == "fp16", verify=False)
             return self._volume3d
         if self._predictor is None:
             fallback = self.requested_runtime == "auto" and self.precision != "int8"
@@ -154,11 +154,8 @@ class Segmenter:
             for plugin in self.plugins:
                 backend = plugin.adapt_backend(backend)
             self.runtime = "onnx" if backend.runtime.startswith("onnx") else "torch"
-            # On a CPU one slice per encoder call is the fastest per slice (batches of 4 were 5-25% slower on
-            # both runtimes) and needs a quarter of the activations' memory.
-            batch = 16 if self.device.type == "cuda" else 1
             self._predictor = SlicePredictor(backend, self.spec.name, self.spec.scaling, self.device, self.cache,
-                                             batch)
+                                             encode_batch_size(self.device))
         return self._predictor
 
     def learned_prompter(self):

@@ -174,11 +174,6 @@ def _card(settings, train, data: dict[str, list[StructureSamples]], held_out: li
     }
 
 
-def default_cases() -> list[Case]:
-    """Organ scans first (they are always in training), then the tumour scans."""
-    return sorted(load_cases(), key=lambda c: (c.label_values is not None, c.id))
-
-
 def train_prompting(output: Path, data_dir: Path | None = None, cache: Path | None = None, device: str = "cpu",
                     runtime: str = "onnx", train: TrainSettings | None = None, config: PromptNetConfig | None = None,
                     settings: PipelineSettings | None = None, jobs: int = 1, say: MessageFn = print) -> dict:

@@ -187,7 +187,10 @@ def test_a_modified_weights_file_fails_its_sidecar(released, tmp_path):
     with pytest.raises(CheckpointError, match="another architecture.*depth"):
         ckpt.load_state_into(Promise3D(Promise3DConfig.reduced(depth=8)), good)
     # run-time options are not architecture: the same weights load
-    ckpt.load_state_into(Promise3D(Promise3DConfig.reduced(attention_chunk=2, parity_permuted_click=True)), good)
+    ckpt.load_state_into(Promise3D(Promise3DConfig.reduced(attention_chunk=2)), good)
+    # a retired run-time option in a weights file written before does not stop it loading
+    assert Promise3DConfig.from_dict({**Promise3DConfig.reduced().to_dict(), "parity_permuted_click": False}) == \
+        Promise3DConfig.reduced()
     meta = json.loads(sidecar_path(good).read_text())
     meta["config"]["window_size"] = 5  # not a divisor of the token grid
     sidecar_path(good).write_text(json.dumps(meta))

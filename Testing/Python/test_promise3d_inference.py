@@ -50,7 +50,7 @@ class ThresholdModel(torch.nn.Module):
         self.config = Promise3DConfig.reduced()
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def forward(self, image, points, parity_permuted_click=None, on_step=None):
+    def forward(self, image, points, on_step=None):
         self.calls.append((image.clone(), points.clone()))
         for done in (1, 2):
             if on_step is not None:
@@ -150,8 +150,6 @@ def test_segmenter_runs_a_promise_model_on_the_input_grid(scan, test_weights):
     assert mask[inside].all() and not mask[outside].any()
     with pytest.raises(PointOutsideImageError):
         segmenter.segment(volume, geometry, [(44, 0, 0)], space="ijk")
-    assert Segmenter(model="promise-colon", device="cpu", weights=test_weights,
-                     parity_permuted_click=True).load().parity_permuted_click
 
 
 def test_cli_segment_with_a_promise_model(scan, test_weights, tmp_path, capsys):

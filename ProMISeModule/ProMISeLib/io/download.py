@@ -37,9 +37,6 @@ class RemoteFile:
     member: str | None = None
     member_sha256: str | None = None
 
-    @property
-    def final_sha256(self) -> str:
-        return self.member_sha256 if self.member else self.sha256
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

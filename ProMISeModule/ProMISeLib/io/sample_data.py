@@ -25,9 +25,6 @@ class Case:
     modality: str
     kind: str
 
-    @property
-    def is_ct(self) -> bool:
-        return self.modality.upper().startswith("CT")
 
 
 def lesion_click(mask: np.ndarray) -> tuple[int, int, int]:

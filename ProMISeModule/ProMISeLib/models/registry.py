@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ProMISeLib.errors import CheckpointError, InvalidInputError
+from ProMISeLib.errors import InvalidInputError
 from ProMISeLib.io.preprocess import InputScaling
 from ProMISeLib.io.weights import weights_file, weights_status
 from ProMISeLib.models.promise3d.config import PRESETS, Promise3DPreprocessing
@@ -146,15 +146,3 @@ def add_model_weights(name: str, path: str | Path) -> Path:
     from ProMISeLib.models.promise3d.checkpoint import convert_released_checkpoint
 
     return convert_released_checkpoint(path, spec.weights)
-
-
-def check_model_weights(name: str) -> None:
-    """Raise CheckpointError unless the model's weights are present."""
-    spec = get_model_spec(name)
-    installed, _ = weights_status(spec.weights)
-    if not installed:
-        entry = weights_file(spec.weights)
-        if entry.added:
-            raise CheckpointError(f"{name}: weights not installed; download {entry.source_hint} from {entry.page} "
-                                  f"and run `promise weights add {name} PATH`")
-        raise CheckpointError(f"{name}: weights not installed; run `promise weights download {name}`")

@@ -1,7 +1,8 @@
-"""The inference runtimes, named without importing torch or ONNX Runtime (the CLI and the Slicer panel list them).
+"""The inference runtimes and precisions, named without importing torch or ONNX Runtime (the CLI and the Slicer
+panel list them).
 
 ``auto`` runs ONNX Runtime on a CPU where it is installed and the model has an export, else PyTorch
-(``ProMISeLib.engine.choose_runtime`` decides); ``torch`` and ``onnx`` ask for one.
+(``ProMISeLib.runtime.loader.choose_runtime`` decides); ``torch`` and ``onnx`` ask for one.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 from importlib.util import find_spec
 
 RUNTIMES = ("auto", "torch", "onnx")
+#: The precisions a model can run at (fp16: CUDA with PyTorch; int8: a CPU with ONNX Runtime).
+PRECISIONS = ("fp32", "fp16", "int8")
+#: The precisions of an ONNX export (its encoder in fp32, or int8 dynamically quantised).
+ONNX_PRECISIONS = ("fp32", "int8")
 
 
 def onnx_installed() -> bool:

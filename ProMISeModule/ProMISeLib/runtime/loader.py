@@ -9,10 +9,14 @@ import torch
 from ProMISeLib.errors import CheckpointError, DeviceUnavailableError, InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import VOLUME3D, ModelSpec, get_model_spec
-from ProMISeLib.runtime.choice import RUNTIMES, onnx_installed
+from ProMISeLib.runtime.choice import PRECISIONS, RUNTIMES, onnx_installed
 from ProMISeLib.runtime.torch_backend import TorchBackend
 
-PRECISIONS = ("fp32", "fp16", "int8")
+
+def encode_batch_size(device: torch.device) -> int:
+    """Crops per encoder call: 16 on CUDA; one on a CPU, the fastest per slice there (batches of 4 were 5-25%
+    slower on both runtimes) with a quarter of the activations' memory."""
+    return 16 if device.type == "cuda" else 1
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -113,5 +117,4 @@ def encoder_for(model: str, device: str = "auto", runtime: str = "auto", cache_m
     where = resolve_device(device)
     chosen, _ = choose_runtime(runtime, model, where)
     backend = load_backend(spec, chosen, where, "fp32", None, None, runtime == "auto", [])
-    return SlicePredictor(backend, spec.name, spec.scaling, where, EmbeddingCache(cache_mb),
-                          16 if where.type == "cuda" else 1)
+    return SlicePredictor(backend, spec.name, spec.scaling, where, EmbeddingCache(cache_mb), encode_batch_size(where))

@@ -25,12 +25,12 @@ from ProMISeLib.errors import CheckpointError, InvalidInputError, OutputError
 from ProMISeLib.io.download import sha256_of
 from ProMISeLib.io.volumes import atomic_write
 from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
+from ProMISeLib.runtime.choice import ONNX_PRECISIONS
 
 MANIFEST = "manifest.json"
 ENCODER_INPUTS = ["image"]
 DECODER_INPUTS = ["image_embeddings", "boxes"]
 INT8_ENCODER = "encoder_int8"  # the manifest role of the quantised encoder
-PRECISIONS = ("fp32", "int8")
 # Dynamic int8 quantisation of the MatMuls only: ONNX Runtime's CPU provider has no int8 ConvInteger
 # kernel, and quantising the convolutions (uint8) lost most of the embedding's accuracy.
 #: Unsigned 8-bit weights (U8U8): on CPUs without VNNI (AVX2 only) the signed-weight kernels (U8S8) saturate
@@ -188,7 +188,7 @@ class OnnxBackend:
                  precision: str = "fp32") -> None:
         import onnxruntime as ort
 
-        if precision not in PRECISIONS:
+        if precision not in ONNX_PRECISIONS:
             raise InvalidInputError(f"unknown ONNX precision {precision!r}; use fp32 or int8")
         if precision == "int8" and device == "cuda":
             raise InvalidInputError("the int8 encoder runs on the CPU only; use --device cpu or fp32")

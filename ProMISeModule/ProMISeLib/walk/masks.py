@@ -70,9 +70,10 @@ def box_of(mask: np.ndarray, margin: float = 0.0, margin_px: float = 0.0) -> np.
     return np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy], dtype=np.float32)
 
 
-def widened(box: np.ndarray, margin_px: float) -> np.ndarray:
-    """A box (x0, y0, x1, y1) or boxes (N, 4) widened by ``margin_px`` pixels on each side."""
-    return np.asarray(box, np.float32) + np.array([-1, -1, 1, 1], np.float32) * np.float32(margin_px)
+def widened(box: np.ndarray, margin_px: float | np.ndarray) -> np.ndarray:
+    """A box (x0, y0, x1, y1) or boxes (N, 4) widened by ``margin_px`` pixels on each side (one value, or one
+    per side in the box's order)."""
+    return np.asarray(box, np.float32) + np.array([-1, -1, 1, 1], np.float32) * np.asarray(margin_px, np.float32)
 
 
 def distinct(masks: list[np.ndarray], count: int, overlap: float = 0.6) -> list[np.ndarray]:

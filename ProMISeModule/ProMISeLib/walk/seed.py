@@ -13,7 +13,7 @@ from scipy import ndimage
 from ProMISeLib.errors import EmptySegmentationError, InvalidInputError
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.walk.context import Voxel, WalkContext
-from ProMISeLib.walk.masks import box_of, component_at, largest_component
+from ProMISeLib.walk.masks import box_of, component_at, largest_component, widened
 from ProMISeLib.walk.search import ranked_at_click
 from ProMISeLib.walk.stop import found_at_click
 
@@ -96,8 +96,8 @@ def _refine(ctx: WalkContext, k: int, click_ji, crop: CropWindow, box: np.ndarra
     embedding = ctx.embedding(k, crop)
     cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
-    margin_box = box + np.array([-1, -1, 1, 1], np.float32) * (
-        np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.box_margin + s.box_margin_px)
+    margin_box = widened(box, np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.box_margin
+                         + s.box_margin_px)
     mask, score = np.zeros((crop.side, crop.side), bool), 0.0
     for _ in range(2):
         margin_box = ctx.exclude(margin_box, k, crop, negatives)[0]

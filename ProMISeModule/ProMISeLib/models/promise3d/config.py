@@ -44,7 +44,6 @@ class Promise3DConfig:
     num_prompt_encoders: int = 4  # the checkpoint holds four; only the last one is used
     decoder_dim: int = 128
     num_classes: int = 2
-    parity_permuted_click: bool = False  # reproduce the official tester's permuted click coordinates
     attention_chunk: int = 16  # windows per attention call (bounds memory); 0: all at once
 
     def __post_init__(self) -> None:
@@ -96,7 +95,9 @@ class Promise3DConfig:
         return cls(**values)
 
     # --- serialisation ------------------------------------------------------------------
-    RUNTIME_FIELDS = ("parity_permuted_click", "attention_chunk")  # how it runs, not what the weights fit
+    RUNTIME_FIELDS = ("attention_chunk",)  # how it runs, not what the weights fit
+    #: Run-time options that no longer exist; weights files written with them still load.
+    RETIRED_FIELDS = ("parity_permuted_click",)
 
     def architecture(self) -> dict[str, Any]:
         """:meth:`to_dict` without the run-time options: what a weights file must match."""
@@ -111,6 +112,7 @@ class Promise3DConfig:
     def from_dict(cls, values: dict[str, Any]) -> Promise3DConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
         known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k not in cls.RETIRED_FIELDS}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown Promise3DConfig fields: {', '.join(sorted(unknown))}")

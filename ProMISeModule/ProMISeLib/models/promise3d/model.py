@@ -9,7 +9,7 @@
 ``image`` is a (B, 1, D, H, W) float32 crop of ``model.config.crop_size``³ voxels at 1 mm, already
 clipped and normalised; ``points`` is (B, N, 3) crop voxel indices in the same (D, H, W) order.
 The model converts them to the order the released weights expect (the corrected click; the
-official tester's permuted click with ``parity_permuted_click``).
+official tester's permuted click: the click with H and W swapped).
 
 State-dict keys: ``encoder.*`` (the released ``encoder_dict``), ``prompt.0-3.*`` (``feature_dict``;
 only ``prompt.3`` is used) and ``decoder.*`` (``decoder_dict``, ``head`` for ``cls_hao``). The
@@ -64,8 +64,7 @@ class Promise3D(nn.Module):
         self.decoder = Promise3DDecoder(self.config)
 
     # --- inference --------------------------------------------------------------------------
-    def forward(self, image: torch.Tensor, points: torch.Tensor, parity_permuted_click: bool | None = None,
-                on_step: StepCallback | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, points: torch.Tensor, on_step: StepCallback | None = None) -> torch.Tensor:
         """(B, 1, S, S, S) crop and (B, N, 3) clicks in (D, H, W) crop voxels -> (B, classes, S, S, S) logits.
 
         ``on_step(done, total)`` is called after every encoder block (progress, cancel).
@@ -76,9 +75,8 @@ class Promise3D(nn.Module):
             raise ValueError(f"image must be (B, 1, {side}, {side}, {side}), got {tuple(image.shape)}")
         if points.dim() != 3 or points.shape[0] != image.shape[0] or points.shape[2] != 3:
             raise ValueError(f"points must be (B, N, 3) with B = {image.shape[0]}, got {tuple(points.shape)}")
-        parity = cfg.parity_permuted_click if parity_permuted_click is None else parity_permuted_click
         features = self.encoder(image, on_step=on_step)
-        features[-1] = self.prompt[-1](features[-1], click_grid(points.to(image.device), side, parity))
+        features[-1] = self.prompt[-1](features[-1], click_grid(points.to(image.device), side))
         image_hwd = image.permute(0, 1, 3, 4, 2)  # the encoder's (H, W, D) layout
         small = F.interpolate(image_hwd, scale_factor=2 * cfg.grid / side, mode="trilinear")
         logits = self.decoder(features, small)

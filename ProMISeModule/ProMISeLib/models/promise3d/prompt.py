@@ -14,16 +14,15 @@ from torch import nn
 from ProMISeLib.models.promise3d.config import Promise3DConfig
 
 
-def click_grid(points: torch.Tensor, crop_size: int, parity_permuted_click: bool = False) -> torch.Tensor:
+def click_grid(points: torch.Tensor, crop_size: int) -> torch.Tensor:
     """(B, N, 3) crop voxel indices in (D, H, W) order -> ``grid_sample`` coordinates in [-1, 1].
 
     Features are laid out (B, C, Gh, Gw, Gd), so ``grid_sample`` wants (x, y, z) = (d, w, h): the
-    order the released model was trained with. With ``parity_permuted_click`` the coordinates go in
-    as (d, h, w), which is what the official tester passes.
+    order the released model was trained with. (The official tester passes (d, h, w): the click with H and W
+    swapped.)
     """
     normalised = (points.float() + 0.5) * 2.0 / crop_size - 1.0
-    order = [0, 1, 2] if parity_permuted_click else [0, 2, 1]
-    return normalised[..., order]
+    return normalised[..., [0, 2, 1]]
 
 
 class PromptAttention(nn.Module):

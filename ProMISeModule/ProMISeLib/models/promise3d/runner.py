@@ -93,23 +93,21 @@ class Promise3DRunner:
     """A loaded ProMISe 3D model and its preprocessing; :meth:`segment` as often as needed."""
 
     def __init__(self, model: torch.nn.Module, preprocessing: Promise3DPreprocessing,
-                 device: torch.device | str = "cpu", half: bool = False,
-                 parity_permuted_click: bool | None = None) -> None:
+                 device: torch.device | str = "cpu", half: bool = False) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing = preprocessing
         self.half = half and self.device.type == "cuda"
-        self.parity_permuted_click = parity_permuted_click
         self.crop_size = int(model.config.crop_size)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", half: bool = False,
-             parity_permuted_click: bool | None = None, verify: bool = True) -> Promise3DRunner:
+             verify: bool = True) -> Promise3DRunner:
         """From one of our weights files (safetensors + sidecar; see :mod:`ProMISeLib.models.promise3d.checkpoint`)."""
         from ProMISeLib.models.promise3d.checkpoint import load_promise3d
 
         model, preprocessing = load_promise3d(path, device="cpu", verify=verify)
-        return cls(model, preprocessing, device, half, parity_permuted_click)
+        return cls(model, preprocessing, device, half)
 
     @property
     def runtime(self) -> str:
@@ -121,7 +119,7 @@ class Promise3DRunner:
         image = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None].to(self.device)
         points = torch.as_tensor(np.asarray(points_dhw, dtype=np.float32))[None].to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            logits = self.model(image, points, parity_permuted_click=self.parity_permuted_click, on_step=on_step)
+            logits = self.model(image, points, on_step=on_step)
         return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
 
     def segment(self, volume: np.ndarray, geometry: ImageGeometry, clicks_kji: Sequence[Sequence[int]],
