@@ -35,6 +35,9 @@ def test_logits_agree_with_pytorch_on_real_slices(export_dir, brain):
     torch_seg = Segmenter(device="cpu", runtime="torch")
     torch_pred = torch_seg.load()
     onnx_backend = OnnxBackend(export_dir, device="cpu", expected_model="litemedsam")
+    from ProMISeLib.runtime.backend import Backend
+
+    assert isinstance(onnx_backend, Backend) and isinstance(torch_pred.backend, Backend)  # the one protocol
     normalised, _ = normalize_intensities(volume)
     k, j, i = centre_click(truth)
     crop = CropWindow.around((j, i), 120)

@@ -123,8 +123,9 @@ def test_frozen_backbone_is_not_trained():
     before = {k: v.clone() for k, v in model.state_dict().items() if "image_encoder.neck" in k}
     from ProMISeLib.io.preprocess import InputScaling
     from ProMISeLib.runtime.predictor import SlicePredictor
+    from ProMISeLib.runtime.torch_backend import TorchBackend
 
-    predictor = SlicePredictor(model, "litemedsam", InputScaling(256), torch.device("cpu"))
+    predictor = SlicePredictor(TorchBackend(model, cpu := torch.device("cpu")), "litemedsam", InputScaling(256), cpu)
     volume = np.zeros((6, 40, 40), np.float32)
     volume[1:5, 12:28, 14:30] = 200
     mask = volume > 100

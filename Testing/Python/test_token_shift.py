@@ -41,10 +41,11 @@ def brain_structure(model, brain):
     """brain1's tumour encoded by the frozen encoder in a simulated ROI crop (as train-prompting caches it)."""
     from ProMISeLib.io.preprocess import InputScaling, normalize_intensities
     from ProMISeLib.runtime.predictor import SlicePredictor
+    from ProMISeLib.runtime.torch_backend import TorchBackend
 
     volume, geometry, truth = brain
     normalised, _ = normalize_intensities(volume, "auto")
-    predictor = SlicePredictor(model, "litemedsam", InputScaling(256), torch.device("cpu"))
+    predictor = SlicePredictor(TorchBackend(model, cpu := torch.device("cpu")), "litemedsam", InputScaling(256), cpu)
     pixel_mm = float(np.sqrt(geometry.spacing[0] * geometry.spacing[1]))
     return extract_structure("brain1", "lesion", truth, normalised, pixel_mm, predictor.embed,
                              ExtractionSettings(past_end=0), organ=False)

@@ -9,6 +9,7 @@ import torch
 from ProMISeLib.errors import CheckpointError, DeviceUnavailableError, InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import VOLUME3D, ModelSpec, get_model_spec
+from ProMISeLib.runtime.backend import Backend
 from ProMISeLib.runtime.choice import PRECISIONS, RUNTIMES, onnx_installed
 from ProMISeLib.runtime.torch_backend import TorchBackend
 
@@ -70,7 +71,7 @@ def check_precision(precision: str, device: torch.device, runtime: str) -> None:
 
 def load_backend(spec: ModelSpec, runtime: str, device: torch.device, precision: str, weights: str | None,
                  onnx_dir: str | None, fallback: bool, messages: list[str],
-                 adapters: Sequence[Callable] = ()) -> TorchBackend:
+                 adapters: Sequence[Callable] = ()) -> Backend:
     """The backend for a slice model: ONNX Runtime sessions, or the torch module (changed by ``adapters``).
 
     With ``fallback`` an ONNX Runtime that can't be used gives the PyTorch backend and a note in

@@ -177,7 +177,8 @@ def read_manifest(directory: str | Path, roles: tuple[str, ...] = ("encoder", "d
 
 
 class OnnxBackend:
-    """Encoder and decoder sessions from an export directory, on CUDA when available and asked for.
+    """Encoder and decoder sessions from an export directory, on CUDA when available and asked for (a
+    :class:`~ProMISeLib.runtime.backend.Backend`).
 
     ``precision="int8"`` uses the dynamically quantised encoder (CPU only; the decoder stays fp32).
     """

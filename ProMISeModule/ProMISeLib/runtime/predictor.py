@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ProMISeLib.io.preprocess import CropWindow, InputScaling
+from ProMISeLib.runtime.backend import Backend
 from ProMISeLib.runtime.embedding_store import EmbeddingStore
-from ProMISeLib.runtime.torch_backend import TorchBackend
 
 
 class EmbeddingCache:
@@ -119,18 +119,16 @@ class Decoded:
 class SlicePredictor:
     """Encode and decode square crops of a normalised (0-255) volume with one frozen model.
 
-    ``model`` is a PyTorch module (wrapped in a :class:`TorchBackend`) or any backend with
-    ``encode``/``decode`` (e.g. :class:`ProMISeLib.runtime.onnx_backend.OnnxBackend`).
+    ``backend`` is a :class:`~ProMISeLib.runtime.backend.Backend` (PyTorch or ONNX Runtime).
 
     ``encoded`` counts the slices whose embedding was computed for a caller of :meth:`embed`,
     including those encoded ahead by :meth:`prefetch` (counted when first used);
     ``encoded_ahead`` counts every background encode, used or not.
     """
 
-    def __init__(self, model, model_name: str, scaling: InputScaling, device: torch.device,
+    def __init__(self, backend: Backend, model_name: str, scaling: InputScaling, device: torch.device,
                  cache: EmbeddingCache | None = None, batch_size: int = 4) -> None:
-        self.backend = model if hasattr(model, "encode") and hasattr(model, "decode") else TorchBackend(model, device)
-        self.model = getattr(self.backend, "model", None)
+        self.backend = backend
         self.model_name = model_name
         self.scaling = scaling
         self.device = device

@@ -1,13 +1,7 @@
-"""Inference backends: the same encode/decode calls on PyTorch or ONNX Runtime.
+"""The PyTorch :class:`~ProMISeLib.runtime.backend.Backend`.
 
-The predictor talks only to a backend:
-
-* ``encode(images)``: (B, 3, S, S) float32 model input -> (B, C, h, w) image embeddings;
-* ``decode(embedding, boxes, points, labels)``: one image's embedding and N box prompts in
-  model-input pixels -> (N, 1, H, W) mask logits and (N, 1) predicted IoU.
-
-Both decode with :class:`~.models.prompt_batch_decoder.PromptBatchDecoder`: SAM's mask decoder
-with its products regrouped so that N prompts on one image share the image side.
+It decodes with :class:`~ProMISeLib.models.prompt_batch_decoder.PromptBatchDecoder`: SAM's mask decoder with its
+products regrouped so that N prompts on one image share the image side (the ONNX export decodes the same way).
 """
 
 from __future__ import annotations
@@ -19,7 +13,8 @@ from ProMISeLib.models.prompt_batch_decoder import PromptBatchDecoder
 
 
 class TorchBackend:
-    """A frozen PyTorch model with SAM's ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``."""
+    """A frozen PyTorch model with SAM's ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` (a
+    :class:`~ProMISeLib.runtime.backend.Backend`)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False) -> None:
         self.model = model
