@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ProMISeLib.errors import InvalidInputError, OutputError
 from ProMISeLib.io.volumes import check_writable, check_writable_file
+from ProMISeLib.io.weights import WeightsFile
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -35,16 +36,16 @@ def check_segment_outputs(image: str, output: str, report: str | None) -> tuple[
     return mask, report_path
 
 
-def weights_to_remove(models: list[str], remove_all: bool) -> list[str] | None:
-    """The weights files ``promise weights remove`` deletes: those of ``models``, or with ``--all`` every one (None).
+def weights_to_remove(models: list[str], remove_all: bool) -> list[WeightsFile]:
+    """The weights files ``promise weights remove`` deletes: those of ``models``, or with ``--all`` every model's.
 
     Neither names nor ``--all`` is refused: a bare ``remove`` would delete every model's weights unasked.
     """
-    from ProMISeLib.models.registry import get_model_spec
+    from ProMISeLib.models.registry import MODELS, get_model_spec
 
     if models and remove_all:
         raise InvalidInputError("give model names or --all, not both")
     if not models and not remove_all:
         raise InvalidInputError("name the models whose weights to remove (see `promise models`), or give --all "
                                 "to remove every downloaded model's weights")
-    return [get_model_spec(name).weights for name in models] if models else None
+    return [get_model_spec(name).weights for name in models] if models else [m.weights for m in MODELS.values()]

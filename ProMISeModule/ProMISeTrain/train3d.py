@@ -232,8 +232,9 @@ def build_model(config: Any, init: str | Path | None = None) -> tuple[nn.Module,
     restored: set[str] = set()
     if init == "sam":
         from ProMISeLib.io.weights import resolve_weights
+        from ProMISeLib.models.registry import get_model_spec
 
-        not_from_sam = set(model.load_sam_weights(resolve_weights("sam_vit_b")))
+        not_from_sam = set(model.load_sam_weights(resolve_weights(get_model_spec("sam_vit_b").weights)))
         restored = {f"encoder.{k}" for k in model.encoder.state_dict()
                     if k not in not_from_sam and not is_rebuildable(f"encoder.{k}")}
     elif init != "random":
@@ -242,8 +243,9 @@ def build_model(config: Any, init: str | Path | None = None) -> tuple[nn.Module,
 
         if init in PRESETS:  # a registered model (fine-tuning the released weights)
             from ProMISeLib.io.weights import resolve_weights
+            from ProMISeLib.models.registry import get_model_spec
 
-            load_state_into(model, resolve_weights(init))
+            load_state_into(model, resolve_weights(get_model_spec(init).weights))
         else:
             load_state_into(model, Path(init))
         restored = {name for name, _ in model.named_parameters()}

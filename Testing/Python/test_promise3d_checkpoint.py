@@ -13,7 +13,7 @@ from ProMISeLib.io.weights import resolve_weights, sidecar_path
 from ProMISeLib.models.promise3d import checkpoint as ckpt
 from ProMISeLib.models.promise3d.config import PRESETS
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig
-from ProMISeLib.models.registry import list_models
+from ProMISeLib.models.registry import MODELS, list_models
 from safetensors import safe_open
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,13 +105,13 @@ def test_weights_add_installs_the_model(released, monkeypatch, capsys):
     info = {i.name: i for i in list_models()}
     assert not info["promise-colon"].installed and not info["promise-colon"].downloadable
     with pytest.raises(CheckpointError, match="promise weights add promise-colon"):
-        resolve_weights("promise-colon")
+        resolve_weights(MODELS["promise-colon"].weights)
     assert main(["weights", "download", "promise-colon"]) == 2
     assert "cannot be downloaded automatically" in capsys.readouterr().err
 
     assert main(["weights", "add", "promise-colon", str(source)]) == 0
     out = capsys.readouterr().out
-    path = resolve_weights("promise-colon")
+    path = resolve_weights(MODELS["promise-colon"].weights)
     assert str(path) in out and path.name == "promise-colon.safetensors" and sidecar_path(path).is_file()
     assert {i.name: i for i in list_models()}["promise-colon"].installed
     assert main(["models"]) == 0
@@ -178,10 +178,10 @@ def test_a_modified_weights_file_fails_its_sidecar(released, tmp_path):
     with pytest.raises(CheckpointError, match="SHA-256"):
         ckpt.load_promise3d(path)
     with pytest.raises(CheckpointError, match="SHA-256"):
-        resolve_weights("promise-colon", path)
+        resolve_weights(MODELS["promise-colon"].weights, path)
     sidecar_path(path).unlink()
     with pytest.raises(CheckpointError, match="is missing"):
-        resolve_weights("promise-colon", path)
+        resolve_weights(MODELS["promise-colon"].weights, path)
     good = ckpt.save_promise3d(reduced_model(), tmp_path / "ok.safetensors",
                                preprocessing=PRESETS["promise-colon"].preprocessing)
     with pytest.raises(CheckpointError, match="another architecture.*depth"):

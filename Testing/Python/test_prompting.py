@@ -117,8 +117,9 @@ def test_frozen_backbone_is_not_trained():
     """Samples come from the frozen encoder under inference mode; its weights cannot change."""
     from ProMISeLib.io.weights import resolve_weights
     from ProMISeLib.models.litemedsam import build_litemedsam
+    from ProMISeLib.models.registry import MODELS
 
-    model = build_litemedsam(resolve_weights("lite_medsam"))
+    model = build_litemedsam(resolve_weights(MODELS["litemedsam"].weights))
     assert not any(p.requires_grad for p in model.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items() if "image_encoder.neck" in k}
     from ProMISeLib.io.preprocess import InputScaling

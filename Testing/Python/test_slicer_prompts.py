@@ -186,6 +186,7 @@ def test_adding_a_released_checkpoint_installs_the_3d_model(slicer_env, private_
     from ProMISeLib.io.weights import cached_path, resolve_weights, sidecar_path
     from ProMISeLib.models.promise3d import checkpoint as ckpt
     from ProMISeLib.models.promise3d.model import Promise3DConfig
+    from ProMISeLib.models.registry import MODELS
 
     monkeypatch.setattr(ckpt, "default_config", lambda name: Promise3DConfig.reduced())  # full size is 0.5 GB
     source = tmp_path / "colon_pretrain_promise.pth"
@@ -196,7 +197,8 @@ def test_adding_a_released_checkpoint_installs_the_3d_model(slicer_env, private_
     engine = logic.getSegmenter("promise-colon", "cpu")  # an engine that holds the model before it is added
 
     path = logic.addModelCheckpoint("promise-colon", source)
-    assert path == cached_path("promise-colon") == resolve_weights("promise-colon")  # checked against its sidecar
+    entry = MODELS["promise-colon"].weights
+    assert path == cached_path(entry) == resolve_weights(entry)  # checked against its sidecar
     assert sidecar_path(path).is_file() and str(private_cache) in str(path)
     assert {m.name: m for m in logic.models()}["promise-colon"].installed
     assert logic._segmenter is None  # dropped: the next run loads the added weights

@@ -32,8 +32,9 @@ from ProMISeTrain.token_shift import (
 def model():
     from ProMISeLib.io.weights import resolve_weights
     from ProMISeLib.models.litemedsam import build_litemedsam
+    from ProMISeLib.models.registry import MODELS
 
-    return build_litemedsam(resolve_weights("lite_medsam"))
+    return build_litemedsam(resolve_weights(MODELS["litemedsam"].weights))
 
 
 @pytest.fixture(scope="module")

