@@ -214,8 +214,9 @@ def _soak_report(path: Path, scans: list[str], samples: list[float], calls: int)
               "rss_mb": samples}
     if len(samples) > warm_at:
         warm, later = samples[warm_at], samples[warm_at:]
-        report.update(rss_after_warm_up_mb=warm, rss_max_after_warm_up_mb=max(later), rss_last_mb=samples[-1],
-                      growth_after_warm_up=max(later) / warm - 1)
+        report.update(rss_after_warm_up_mb=warm, rss_max_after_warm_up_mb=max(later),
+                      rss_min_after_warm_up_mb=min(later), rss_last_mb=samples[-1],
+                      growth_after_warm_up=max(later) / warm - 1, max_over_min_after_warm_up=max(later) / min(later))
     path.write_text(json.dumps(report, indent=1) + "\n")
 
 
