@@ -56,8 +56,8 @@ class ProMISeModule(ScriptedLoadableModule):
 def registerSegmentEditorEffect() -> None:
     """Add the "ProMISe" effect to the Segment Editor (Qt is imported only here, at start-up)."""
     try:
-        from ProMISeSlicer.segment_editor_effect import registerEffect
+        from ProMISeSlicer.segment_editor_effect import register_effect
 
-        registerEffect()
+        register_effect()
     except Exception as error:  # the module still works without the effect
         logging.warning(f"ProMISe: the Segment Editor effect could not be registered ({error})")

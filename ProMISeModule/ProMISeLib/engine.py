@@ -29,7 +29,7 @@ from ProMISeLib.io.preprocess import Modality, detect_modality, normalize_intens
 from ProMISeLib.io.validation import validate_volume
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import DEFAULT_MODEL, VOLUME3D, get_model_spec
-from ProMISeLib.prompting import PROMPT_MODES
+from ProMISeLib.prompting import check_prompts
 from ProMISeLib.result import SegmentationResult, bounding_box
 from ProMISeLib.runtime.embedding_store import EmbeddingStore
 from ProMISeLib.runtime.loader import (
@@ -52,13 +52,6 @@ if TYPE_CHECKING:  # SimpleITK is imported only when a 3D model runs
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 HEURISTIC_METHOD = "heuristic box prompts"
-
-
-def check_prompts(prompts: str) -> str:
-    """``prompts`` if it is a prompt mode the engine offers, else an InvalidInputError naming them."""
-    if prompts not in PROMPT_MODES:
-        raise InvalidInputError(f"unknown prompts {prompts!r}; use one of {', '.join(PROMPT_MODES)}")
-    return prompts
 
 
 class Segmenter:

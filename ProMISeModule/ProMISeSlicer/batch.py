@@ -18,7 +18,7 @@ from ProMISeLib.errors import ImageReadError, InvalidInputError, OutputError, Pr
 from ProMISeLib.io.image_file import read_image_header
 from ProMISeLib.io.volumes import image_stem
 
-from .options import checkPrompts, checkRuntime, default_model
+from .options import check_prompts, check_runtime, default_model
 
 
 def _parse_case(case) -> dict:
@@ -133,8 +133,8 @@ def segment_files(
     the engine prompted the model), ``error`` (None, or the message; with ``stopOnError`` the error is
     raised instead).
     """
-    checkRuntime(runtime)  # a bad runtime or prompts is refused once, not reported for every case
-    checkPrompts(prompts)
+    check_runtime(runtime)  # a bad runtime or prompts is refused once, not reported for every case
+    check_prompts(prompts)
     scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
     if scene is None:
         raise InvalidInputError("no MRML scene: run inside Slicer or pass scene=")
@@ -196,8 +196,8 @@ def segment_batch(logic, manifest: str | Path, outputFolder: str | Path, model: 
     from ProMISeLib.batch.plan import batch_settings, prepare
 
     model = model or default_model()
-    plan = prepare(manifest, outputFolder, batch_settings(model, checkPrompts(prompts), modality))
-    segmenter = logic.getSegmenter(model, device, checkRuntime(runtime), prompts)
+    plan = prepare(manifest, outputFolder, batch_settings(model, check_prompts(prompts), modality))
+    segmenter = logic.getSegmenter(model, device, check_runtime(runtime), prompts)
     done = []
 
     def progress(job, records) -> None:

@@ -17,6 +17,8 @@ A run has three steps, so that the panel and the Segment Editor effect can run t
 thread (:mod:`.worker`): :meth:`ProMISeModuleLogic.prepareRun` reads and checks the scene (main thread),
 :meth:`ProMISeModuleLogic.computeRun` runs the engine (any one thread) and
 :meth:`ProMISeModuleLogic.applyRun` writes the segments (main thread). :meth:`segment` does all three.
+This file is the console API; the run's data and its engine step are :mod:`.run`, the reading of the prompts
+and the writing of the segments :mod:`.scene`.
 
 Which segment a point prompts: a control point whose description names a segment
 (``nodes.SEGMENT_PREFIX``, set by the panel and the effect) refines that segment; the other points are
@@ -26,166 +28,38 @@ for a segment, so the engine's remembered lesion (per volume array) redoes only 
 
 from __future__ import annotations
 
-import inspect
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import slicer
-from ProMISeLib.errors import EmptySegmentationError, InvalidInputError, ProMISeError, SegmentationCancelled
+from ProMISeLib.errors import InvalidInputError
 
 from . import nodes
 from .batch import segment_batch, segment_files
-from .options import PROMPT_MODES, checkPrompts, checkRuntime, default_model
-from .undo import UndoStack, UndoStep
-from .worker import BackgroundRunner
+from .options import PROMPT_MODES, check_prompts, check_runtime, default_model
+from .run import ModelNotes, PreparedRun, PromptGroup, SegmentedObject, SegmentRun, compute_results
+from .scene import (
+    ATTR_ROI_SEGMENT,
+    ATTR_VOLUME,
+    PALETTE,
+    choose_alternatives,
+    find_segmentation_for,
+    next_color,
+    output_segmentation_for,
+    read_groups,
+    write_results,
+)
+from .undo import UndoStack
+from .worker import BackgroundRunner, ProgressCallback
 
 __all__ = ["ATTR_ROI_SEGMENT", "ATTR_VOLUME", "PALETTE", "PROMPT_MODES", "ModelNotes", "PreparedRun",
-           "ProMISeModuleLogic", "PromptGroup", "SegmentRun", "SegmentedObject", "checkPrompts", "checkRuntime",
+           "ProMISeModuleLogic", "PromptGroup", "SegmentRun", "SegmentedObject", "check_prompts", "check_runtime",
            "default_model"]
 
 try:  # inside Slicer; absent from slicer-core, where the logic is a plain class
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
 except ImportError:  # pragma: no cover - depends on the environment
     _LogicBase = object
-
-ProgressCallback = Callable[[float, str], None]
-
-#: Colours given to new segments in turn (distinct on grey images).
-PALETTE = (
-    (0.95, 0.35, 0.25),
-    (0.30, 0.70, 0.95),
-    (0.40, 0.85, 0.35),
-    (0.95, 0.80, 0.25),
-    (0.75, 0.45, 0.95),
-    (0.25, 0.85, 0.80),
-    (0.95, 0.55, 0.75),
-    (0.60, 0.60, 0.30),
-)
-
-#: Attribute on a segmentation node that ProMISe created: the ID of its volume.
-ATTR_VOLUME = "ProMISe.VolumeNodeID"
-#: Attribute on a Markups ROI: the ID of the segment it is the box prompt of.
-ATTR_ROI_SEGMENT = "ProMISe.SegmentID"
-
-
-@dataclass
-class SegmentedObject:
-    """One fiducial label's segment: where it went and what the engine said."""
-
-    label: str
-    segmentId: str
-    result: object  # ProMISeLib.result.SegmentationResult
-    voxels_kji: list[tuple[int, int, int]]
-    replaced: bool
-
-    @property
-    def volume_ml(self) -> float:
-        return float(self.result.volume_ml)
-
-    @property
-    def messages(self) -> list[str]:
-        return list(getattr(self.result, "messages", []) or [])
-
-    @property
-    def alternative(self) -> int:
-        """Which hypothesis of its first click the segment shows (0: the best)."""
-        return int(getattr(self.result, "alternative", 0))
-
-    @property
-    def alternatives(self) -> int:
-        """How many distinct hypotheses its first click has."""
-        return int(getattr(self.result, "alternatives", 1))
-
-
-@dataclass
-class SegmentRun:
-    """What one :meth:`ProMISeModuleLogic.segment` call did."""
-
-    segmentationNode: object
-    objects: list[SegmentedObject] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    model: str = ""
-    device: str = ""
-    runtime: str = ""
-    prompts: str = ""  # what was asked for ("auto", "fused", "learned", "heuristic"); :attr:`method` says what ran
-
-    @property
-    def messages(self) -> list[str]:
-        return [f"{o.label}: {m}" for o in self.objects for m in o.messages]
-
-    @property
-    def method(self) -> str:
-        """How the engine prompted the model, e.g. "learned prompts (NAME)" or "heuristic box prompts"."""
-        methods = [str(getattr(o.result, "method", "") or "") for o in self.objects]
-        return "; ".join(dict.fromkeys(m for m in methods if m))
-
-    def summary(self) -> str:
-        """One line for the status bar: segments, mL each (and the candidate shown, where a click has several),
-        time, model, device, method and the engine's warnings."""
-        parts = [f"{o.label} {o.volume_ml:.2f} mL" + (f" (candidate {o.alternative + 1} of {o.alternatives})"
-                                                      if o.alternatives > 1 else "") for o in self.objects]
-        text = f"{', '.join(parts)} in {self.elapsed_s:.1f} s"
-        facts = [fact for fact in (self.model if self.device else "", self.device, self.method) if fact]
-        if facts:
-            text += f" [{', '.join(facts)}]"
-        if self.messages:
-            text += " - " + "; ".join(self.messages)
-        return text
-
-
-@dataclass(frozen=True)
-class ModelNotes:
-    """What the panel tells about a model beyond the registry's list."""
-
-    name: str
-    volume3d: bool  # a whole-volume ProMISe 3D model: slow on a CPU, no negative clicks, no box prompts
-    addedByHand: bool  # its checkpoint is downloaded by hand from ``page`` and added (not downloadable)
-    page: str = ""
-    sourceHint: str = ""  # the file to download from ``page``
-
-
-@dataclass
-class PromptGroup:
-    """The prompts of one segment: its positive and negative points and an optional box."""
-
-    label: str  # the name a new segment gets
-    segmentId: str | None  # the routed target segment, or None: the segment of these points by label
-    positives: list[nodes.ControlPoint] = field(default_factory=list)
-    negatives: list[nodes.ControlPoint] = field(default_factory=list)
-    box: np.ndarray | None = None  # 2 x 3 opposite corners in the volume's RAS
-    alternative: int = 0  # the first click's hypothesis to follow (0: the best)
-    inherited: bool = False  # the alternative is the segment's from before (the best if this click lacks it)
-
-
-@dataclass
-class PreparedRun:
-    """A checked run: what :meth:`ProMISeModuleLogic.computeRun` needs, read from the scene."""
-
-    volumeNode: object
-    pointsNode: object
-    segmentationNode: object  # None: made when the results are written
-    array: np.ndarray
-    geometry: object
-    groups: list[PromptGroup]
-    model: str
-    device: str
-    runtime: str
-    prompts: str
-    recordUndo: bool = True
-    started: float = field(default_factory=time.perf_counter)
-    results: list = field(default_factory=list)  # (group, engine result), filled by computeRun
-
-
-def engineTakesBox(segmenter) -> bool:
-    """Does the engine's ``segment`` accept a ``box`` keyword (an axis-aligned box prompt)?"""
-    try:
-        return "box" in inspect.signature(segmenter.segment).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class ProMISeModuleLogic(_LogicBase):
@@ -230,8 +104,8 @@ class ProMISeModuleLogic(_LogicBase):
         One engine is kept: asking for another model, device, runtime or prompts replaces it (and its caches).
         """
         model = model or default_model()
-        runtime = checkRuntime(runtime)
-        prompts = checkPrompts(prompts)
+        runtime = check_runtime(runtime)
+        prompts = check_prompts(prompts)
         key = (model, device, runtime, prompts)
         if self._segmenter is None or self._segmenterKey != key:
             factory = self.segmenterFactory
@@ -290,42 +164,6 @@ class ProMISeModuleLogic(_LogicBase):
         points = nodes.control_points(pointsNode, volumeNode)
         nodes.locate_points(geometry, points, "positive")
         return [(p.label, p.voxel_kji) for p in points]
-
-    @staticmethod
-    def groupPrompts(positives: list[nodes.ControlPoint], negatives: list[nodes.ControlPoint],
-                     box: np.ndarray | None = None, boxSegmentId: str | None = None,
-                     boxLabel: str = "box") -> list[PromptGroup]:
-        """One group per segment, in order of first appearance.
-
-        A point routed to a segment (its description) prompts that segment; the others are grouped by
-        label. A routed negative point belongs to its segment only; an unrouted one to every group. The box
-        goes to ``boxSegmentId``'s group (made if no point prompts it), else to the only group, else it
-        makes a group of its own.
-        """
-        groups: dict[tuple[str, str], PromptGroup] = {}
-        for point in positives:
-            key = ("segment", point.segmentId) if point.segmentId else ("label", point.label)
-            group = groups.setdefault(key, PromptGroup(point.label, point.segmentId))
-            group.positives.append(point)
-        if box is not None:
-            if boxSegmentId is not None:
-                group = groups.setdefault(("segment", boxSegmentId), PromptGroup(boxLabel, boxSegmentId))
-            elif len(groups) == 1:
-                group = next(iter(groups.values()))
-            elif not groups:
-                group = groups.setdefault(("label", boxLabel), PromptGroup(boxLabel, None))
-            else:
-                raise InvalidInputError("the box prompt fits several segments: choose the target segment for it")
-            group.box = np.asarray(box, float)
-        for point in negatives:
-            if point.segmentId:
-                group = groups.get(("segment", point.segmentId))
-                if group is not None:
-                    group.negatives.append(point)
-            else:
-                for group in groups.values():
-                    group.negatives.append(point)
-        return list(groups.values())
 
     # --- segmentation -------------------------------------------------------------------------
     def segment(
@@ -415,80 +253,19 @@ class ProMISeModuleLogic(_LogicBase):
                    segmentIds: Sequence[str] | None = None, recordUndo: bool = True,
                    alternative: int | None = None) -> PreparedRun:
         """Read and check everything a run needs (main thread); raises before any work or change."""
-        runtime = checkRuntime(runtime)
-        prompts = checkPrompts(prompts)
+        runtime = check_runtime(runtime)
+        prompts = check_prompts(prompts)
         array, geometry = self._volumeArray(volumeNode)
-        if pointsNode is None and roiNode is None:
-            raise InvalidInputError("no positive points: place a fiducial on the object to segment")
-        positives = nodes.control_points(pointsNode, volumeNode, "positive")
-        negatives = nodes.control_points(negativePointsNode, volumeNode, "negative")
-        nodes.locate_points(geometry, positives, "positive")
-        nodes.locate_points(geometry, negatives, "negative")
-        box = None
-        boxSegmentId = None
-        if roiNode is not None:
-            box = nodes.roi_box(roiNode, volumeNode)
-            boxSegmentId = roiNode.GetAttribute(ATTR_ROI_SEGMENT) or None
-            self._checkBoxOverlapsVolume(box, geometry, roiNode.GetName())
-        if not positives and box is None:
-            raise InvalidInputError(
-                f'"{pointsNode.GetName()}" has no placed points: place a fiducial on the object to segment'
-            )
-        groups = self.groupPrompts(positives, negatives, box, boxSegmentId,
-                                   roiNode.GetName() if roiNode is not None else "box")
-        if pointIndices is not None:
-            wanted = set(int(i) for i in pointIndices)
-            groups = [g for g in groups if any(p.index in wanted for p in g.positives + g.negatives)]
-            if not groups:
-                raise InvalidInputError("none of the given control points is placed")
         if segmentationNode is None:
             segmentationNode = self.findSegmentationFor(volumeNode)
-        if segmentIds is not None:
-            wanted_ids = set(segmentIds)
-            groups = [g for g in groups if (g.segmentId or self._ownSegment(g, pointsNode, segmentationNode))
-                      in wanted_ids]
-            if not groups:
-                raise InvalidInputError("no positive point or box prompts the chosen segment yet")
-        groups = [g for g in groups if g.positives or g.box is not None]
-        if not groups:
-            raise InvalidInputError("only background points: place a point on the object to segment")
+        groups = read_groups(volumeNode, geometry, pointsNode, negativePointsNode, roiNode, segmentationNode,
+                             pointIndices, segmentIds)
         if segmentationNode is not None:
             nodes.check_segmentation_writable(segmentationNode)
             nodes.volume_to_segmentation_matrix(volumeNode, segmentationNode)  # raises if non-linear
-        self._chooseAlternatives(groups, pointsNode, segmentationNode, alternative)
+        choose_alternatives(groups, pointsNode, segmentationNode, alternative)
         return PreparedRun(volumeNode, pointsNode, segmentationNode, array, geometry, groups,
                            model or default_model(), device, runtime, prompts, recordUndo)
-
-    @staticmethod
-    def _ownSegment(group: PromptGroup, pointsNode, segmentationNode) -> str | None:
-        """The segment an unrouted group's points made earlier, if any."""
-        if segmentationNode is None or pointsNode is None or not group.positives:
-            return None
-        return nodes.find_own_segment(segmentationNode, pointsNode.GetID(), [p.id for p in group.positives])
-
-    @staticmethod
-    def _chooseAlternatives(groups: list[PromptGroup], pointsNode, segmentationNode, alternative: int | None) -> None:
-        """Each group's hypothesis: ``alternative`` when given, else the one its segment was given before."""
-        for group in groups:
-            if alternative is not None:
-                if alternative < 0 or (alternative and group.box is not None):
-                    raise InvalidInputError("a candidate (from 0) is a hypothesis of a first point, not of a box")
-                group.alternative = int(alternative)
-            elif group.box is None and segmentationNode is not None:
-                segmentId = group.segmentId or ProMISeModuleLogic._ownSegment(group, pointsNode, segmentationNode)
-                segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentId else None
-                tag = nodes.segment_tag(segment, nodes.TAG_ALTERNATIVE) if segment is not None else None
-                group.alternative = int(tag) if tag and tag.isdigit() else 0
-                group.inherited = True
-
-    @staticmethod
-    def _checkBoxOverlapsVolume(box: np.ndarray, geometry, name: str) -> None:
-        corners = np.array([[box[a][0], box[b][1], box[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-        ijk = geometry.to_index(corners, "ras")
-        size = np.asarray(geometry.size, float)
-        low, high = ijk.min(axis=0), ijk.max(axis=0)
-        if np.any(high < -0.5) or np.any(low > size - 0.5):
-            raise InvalidInputError(f'ROI "{name}" lies outside the volume')
 
     def computeRun(self, prepared: PreparedRun, progressCallback: ProgressCallback | None = None,
                    cancelCallback: Callable[[], bool] | None = None) -> PreparedRun:
@@ -498,48 +275,7 @@ class ProMISeModuleLogic(_LogicBase):
         EmptySegmentationError when an object comes back empty.
         """
         segmenter = self.getSegmenter(prepared.model, prepared.device, prepared.runtime, prepared.prompts)
-        groups = prepared.groups
-        takesBox = engineTakesBox(segmenter)
-
-        def cancelled() -> bool:
-            return bool(cancelCallback and cancelCallback())
-
-        results = []
-        for n, group in enumerate(groups):
-            if cancelled():
-                raise SegmentationCancelled("segmentation cancelled; nothing was changed")
-
-            def progress(fraction: float, message: str, n=n, label=group.label) -> None:
-                if progressCallback is not None:
-                    total = (n + min(max(float(fraction), 0.0), 1.0)) / len(groups)
-                    progressCallback(total, f'"{label}" ({n + 1}/{len(groups)}): {message}')
-
-            keywords = {"alternative": group.alternative} if group.alternative else {}
-            if group.box is not None:
-                if not takesBox:
-                    raise InvalidInputError("this ProMISe engine takes no box prompts yet; place a point instead")
-                keywords["box"] = tuple(tuple(float(v) for v in corner) for corner in group.box)
-            points = np.array([p.ras for p in group.positives]) if group.positives else None
-            negative = np.array([p.ras for p in group.negatives]) if group.negatives else None
-            try:
-                result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
-                                           space="ras", progress=progress, cancel=cancelled, **keywords)
-            except InvalidInputError:
-                if not (group.alternative and group.inherited):
-                    raise
-                keywords.pop("alternative")  # the segment's hypothesis from before is not one of this click's
-                result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
-                                           space="ras", progress=progress, cancel=cancelled, **keywords)
-            if tuple(result.mask.shape) != tuple(prepared.array.shape):
-                raise ProMISeError(
-                    f"the engine returned a mask of shape {result.mask.shape}, expected {prepared.array.shape}")
-            if result.bbox_kji is None or result.voxel_count == 0:
-                detail = "; ".join(getattr(result, "messages", []) or []) or "the model found nothing at the point"
-                raise EmptySegmentationError(f'"{group.label}": {detail}')
-            results.append((group, result))
-        if cancelled():
-            raise SegmentationCancelled("segmentation cancelled; nothing was changed")
-        prepared.results = results
+        prepared.results = compute_results(segmenter, prepared, progressCallback, cancelCallback)
         return prepared
 
     def applyRun(self, prepared: PreparedRun) -> SegmentRun:
@@ -548,8 +284,8 @@ class ProMISeModuleLogic(_LogicBase):
         segmentationNode = prepared.segmentationNode
         if segmentationNode is not None and segmentationNode.GetScene() is None:
             raise InvalidInputError(f'segmentation "{segmentationNode.GetName()}" was removed during the run')
-        run = self._write(prepared.volumeNode, prepared.pointsNode, segmentationNode, results, prepared.model,
-                          prepared.recordUndo)
+        run = write_results(prepared.volumeNode, prepared.pointsNode, segmentationNode, results, prepared.model,
+                            self.undoStack if prepared.recordUndo else None)
         run.elapsed_s = time.perf_counter() - prepared.started
         run.model = prepared.model
         run.runtime = str(getattr(results[-1][1], "runtime", prepared.runtime)) if results else prepared.runtime
@@ -559,89 +295,16 @@ class ProMISeModuleLogic(_LogicBase):
 
     def findSegmentationFor(self, volumeNode):
         """The segmentation node ProMISe created for this volume earlier, if it is still in the scene."""
-        scene = volumeNode.GetScene()
-        if scene is None:
-            return None
-        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
-            node = scene.GetNthNodeByClass(n, "vtkMRMLSegmentationNode")
-            if node.GetAttribute(ATTR_VOLUME) == volumeNode.GetID():
-                return node
-        return None
+        return find_segmentation_for(volumeNode)
 
     def outputSegmentationFor(self, volumeNode):
         """The segmentation ProMISe writes into for this volume, made (empty) if there is none yet."""
-        node = self.findSegmentationFor(volumeNode)
-        return node if node is not None else self._newSegmentationNode(volumeNode)
-
-    def _newSegmentationNode(self, volumeNode):
-        scene = volumeNode.GetScene()
-        if scene is None:
-            raise InvalidInputError(f'volume "{volumeNode.GetName()}" is not in a scene')
-        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volumeNode.GetName()} ProMISe")
-        node.CreateDefaultDisplayNodes()
-        node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        node.SetAttribute(ATTR_VOLUME, volumeNode.GetID())
-        if volumeNode.GetParentTransformNode() is not None:
-            node.SetAndObserveTransformNodeID(volumeNode.GetParentTransformNode().GetID())
-        return node
+        return output_segmentation_for(volumeNode)
 
     @staticmethod
     def nextColor(segmentationNode) -> tuple[float, float, float]:
-        return PALETTE[segmentationNode.GetSegmentation().GetNumberOfSegments() % len(PALETTE)]
-
-    def _write(self, volumeNode, pointsNode, segmentationNode, results, model, recordUndo=True) -> SegmentRun:
-        created = segmentationNode is None
-        if created:
-            segmentationNode = self._newSegmentationNode(volumeNode)
-        segmentation = segmentationNode.GetSegmentation()
-        if segmentation.GetNumberOfSegments() == 0:
-            nodes.set_source_representation_name(segmentation, nodes.binary_labelmap_name())
-            if segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
-                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        matrix = nodes.volume_to_segmentation_matrix(volumeNode, segmentationNode)
-        labels = ", ".join(group.label for group, _ in results)
-        step = UndoStep(f"ProMISe: {labels}", segmentationNode, createdNode=created)
-        run = SegmentRun(segmentationNode)
-        markupsID = pointsNode.GetID() if pointsNode is not None else ""
-        wasModifying = segmentationNode.StartModify()
-        try:
-            for group, result in results:
-                ids = [p.id for p in group.positives]
-                if group.segmentId is not None:  # routed: refine that segment (made again if it was removed)
-                    segmentId = group.segmentId
-                    exists = segmentation.GetSegment(segmentId) is not None
-                else:
-                    segmentId = nodes.find_own_segment(segmentationNode, markupsID, ids) if ids else None
-                    exists = segmentId is not None
-                step.snapshots.append(nodes.snapshot_segment(segmentationNode, segmentId or ""))
-                if not exists:
-                    color = self.nextColor(segmentationNode)
-                    if segmentId is None:
-                        segmentId = segmentation.GenerateUniqueSegmentID("ProMISe")
-                        step.snapshots[-1] = nodes.snapshot_segment(segmentationNode, segmentId)
-                    segmentation.AddEmptySegment(segmentId, group.label, color)
-                segment = segmentation.GetSegment(segmentId)
-                if group.segmentId is None:
-                    segment.SetName(group.label)
-                segment.SetTag(nodes.TAG_MARKUPS, markupsID)
-                segment.SetTag(nodes.TAG_POINTS, ",".join(ids))
-                segment.SetTag(nodes.TAG_MODEL, str(getattr(result, "model", model)))
-                segment.SetTag(nodes.TAG_ALTERNATIVE, str(int(getattr(result, "alternative", 0))))
-                nodes.write_segment(segmentationNode, segmentId, result.mask, result.bbox_kji, matrix)
-                run.objects.append(SegmentedObject(group.label, segmentId, result,
-                                                   [p.voxel_kji for p in group.positives], exists))
-        except Exception:
-            segmentationNode.EndModify(wasModifying)
-            try:
-                UndoStack.apply(step)
-            except Exception:  # pragma: no cover - best effort; the original error matters more
-                logging.exception("ProMISe: could not roll back a failed write")
-            raise
-        segmentationNode.EndModify(wasModifying)
-        if recordUndo:
-            step.recordAfter()
-            self.undoStack.push(step)
-        return run
+        """The colour of the node's next new segment (:data:`PALETTE` in turn)."""
+        return next_color(segmentationNode)
 
     # --- undo ---------------------------------------------------------------------------------
     def canUndo(self) -> bool:
@@ -730,11 +393,3 @@ class ProMISeModuleLogic(_LogicBase):
 
         self.releaseSegmenter()
         return list(remove_downloaded_weights())
-
-
-def getSlicerScene():
-    """``slicer.mrmlScene`` (inside Slicer, or as a test fixture sets it)."""
-    scene = getattr(slicer, "mrmlScene", None)
-    if scene is None:
-        raise InvalidInputError("no MRML scene: run inside Slicer or pass scene=")
-    return scene

@@ -14,7 +14,7 @@ INTERVAL_MS = 50
 _pollers: dict[int, qt.QTimer] = {}
 
 
-def ensurePolling(runner: BackgroundRunner) -> None:
+def ensure_polling(runner: BackgroundRunner) -> None:
     """Start (once) a timer that polls ``runner`` while it is busy; call it after each ``submit``."""
     timer = _pollers.get(id(runner))
     if timer is None:

@@ -3,7 +3,7 @@
 Left-click adds a positive prompt, Ctrl+left-click a negative one, to the selected segment. The click
 is handed to :class:`ProMISeSlicer.effect.ClickPrompter` (no Qt), which runs the engine on the shared
 worker thread; the Segment Editor's undo state is saved just before the result is written, so Ctrl+Z
-undoes it. Registered by the module at start-up (:func:`registerEffect`).
+undoes it. Registered by the module at start-up (:func:`register_effect`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from ProMISeSlicer.effect import ClickPrompter
 from ProMISeSlicer.logic import ProMISeModuleLogic
-from ProMISeSlicer.poller import ensurePolling
+from ProMISeSlicer.poller import ensure_polling
 from ProMISeSlicer.worker import CANCELLED, DONE
 
 
-def registerEffect() -> None:
+def register_effect() -> None:
     """Add the ProMISe effect to the Segment Editor (called once Slicer has started)."""
     import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
@@ -108,7 +108,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         self.setStatus("Queued: runs when the current segmentation finishes." if state == "queued"
                        else "Segmenting...")
-        ensurePolling(self.prompter.logic.runner)
+        ensure_polling(self.prompter.logic.runner)
         return True  # the click is ours: no other effect or view acts on it
 
     def onFinished(self, outcome) -> None:

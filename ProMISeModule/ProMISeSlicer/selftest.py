@@ -36,7 +36,7 @@ MINIMUM_DICE = 0.9
 SKIPPED_NO_DEPENDENCIES = "skipped: dependencies not installed"
 
 
-def referenceDataFolder() -> Path | None:
+def reference_data_folder() -> Path | None:
     """``Testing/Data`` of the source tree (or ``PROMISE_TEST_DATA_DIR``), where the reference lives; else None."""
     candidates = []
     if os.environ.get("PROMISE_TEST_DATA_DIR"):
@@ -52,7 +52,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def _ijkToRasFromSitk(image) -> np.ndarray:
+def _ijk_to_ras_from_sitk(image) -> np.ndarray:
     """The 4x4 IJK-to-RAS matrix of a SimpleITK image (whose header is in LPS)."""
     lpsToRas = np.diag([-1.0, -1.0, 1.0])
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
@@ -62,18 +62,18 @@ def _ijkToRasFromSitk(image) -> np.ndarray:
     return matrix
 
 
-def loadScan(path: str | Path, name: str = "brain1"):
+def load_scan(path: str | Path, name: str = "brain1"):
     """A scalar volume node of the scan at ``path``: Slicer's reader, or SimpleITK where there is no application."""
     if getattr(slicer, "app", None) is not None and hasattr(slicer.util, "loadVolume"):
         return slicer.util.loadVolume(str(path), {"name": name, "show": False})
     import SimpleITK as sitk  # headless (slicer-core): the same file through SimpleITK
 
     image = sitk.ReadImage(str(path))
-    return slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image), ijkToRAS=_ijkToRasFromSitk(image),
+    return slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image), ijkToRAS=_ijk_to_ras_from_sitk(image),
                                           name=name)
 
 
-def referenceOnVolumeGrid(referencePath: str | Path, volumeNode) -> np.ndarray:
+def reference_on_volume_grid(referencePath: str | Path, volumeNode) -> np.ndarray:
     """The cropped reference label placed into a (K, J, I) array on ``volumeNode``'s grid."""
     import SimpleITK as sitk
 
@@ -84,9 +84,9 @@ def referenceOnVolumeGrid(referencePath: str | Path, volumeNode) -> np.ndarray:
     ijkToRas = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(ijkToRas)
     volumeMatrix = slicer.util.arrayFromVTKMatrix(ijkToRas)
-    if not np.allclose(_ijkToRasFromSitk(reference)[:3, :3], volumeMatrix[:3, :3], atol=1e-4):
+    if not np.allclose(_ijk_to_ras_from_sitk(reference)[:3, :3], volumeMatrix[:3, :3], atol=1e-4):
         raise ValueError(f"{referencePath} is not on the scan's grid (spacing or axes differ)")
-    originRas = _ijkToRasFromSitk(reference)[:3, 3]
+    originRas = _ijk_to_ras_from_sitk(reference)[:3, 3]
     offset = np.rint(np.asarray(rasToIjk.MultiplyPoint([*originRas, 1.0])[:3])).astype(int)  # (i, j, k)
     shape = slicer.util.arrayFromVolume(volumeNode).shape
     full = np.zeros(shape, dtype=bool)
@@ -98,7 +98,7 @@ def referenceOnVolumeGrid(referencePath: str | Path, volumeNode) -> np.ndarray:
     return full
 
 
-def sceneSummary() -> list[tuple[str, str, str]]:
+def scene_summary() -> list[tuple[str, str, str]]:
     """(ID, class, name) of every node in the scene: to compare a scene before and after a call."""
     scene = slicer.mrmlScene
     return [(scene.GetNthNode(n).GetID(), scene.GetNthNode(n).GetClassName(), scene.GetNthNode(n).GetName())
@@ -141,20 +141,20 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Bad input: a fiducial 5 m outside a small volume")
         volume = slicer.util.addVolumeFromArray(np.zeros((8, 16, 16), dtype=np.int16), name="small")
         points = self._addPoint("outside", (5000.0, 0.0, 0.0), "far")
-        before = sceneSummary()
+        before = scene_summary()
 
         def noEngine(**options):
             raise AssertionError("an engine was made for input that should have been refused")
 
         with self.assertRaises(ProMISeError):
             ProMISeModuleLogic(segmenterFactory=noEngine).segment(volume, points)
-        self.assertEqual(sceneSummary(), before, "the refused run left the scene as it was")
+        self.assertEqual(scene_summary(), before, "the refused run left the scene as it was")
         self.delayDisplay("Bad input test passed")
 
     def test_brain1_matches_reference(self) -> None:
         """Segment brain1's glioma from the fixed fiducial; Dice >= 0.9 against Testing/Data's reference."""
         self.skipUnlessDependencies()
-        folder = referenceDataFolder()
+        folder = reference_data_folder()
         if folder is None:
             self.delayDisplay(f"skipped: {REFERENCE_NAME} not found (set PROMISE_TEST_DATA_DIR to Testing/Data)")
             self.skipTest(f"{REFERENCE_NAME} not found")
@@ -166,7 +166,7 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         except (ProMISeError, OSError) as error:  # offline and not in the data folder
             self.delayDisplay(f"skipped: the brain1 scan is unavailable ({error})")
             self.skipTest(f"brain1 unavailable: {error}")
-        volume = loadScan(case.image)
+        volume = load_scan(case.image)
         points = self._addPoint("ProMISe object", BRAIN1_CLICK_RAS, "tumor")
 
         self.delayDisplay("Segmenting from the fixed fiducial")
@@ -178,7 +178,7 @@ class ProMISeModuleTest(ScriptedLoadableModuleTest):
         segmentation = run.segmentationNode
         self.assertEqual(segmentation.GetSegmentation().GetSegment(segmentId).GetName(), "tumor")
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
-        reference = referenceOnVolumeGrid(folder / REFERENCE_NAME, volume)
+        reference = reference_on_volume_grid(folder / REFERENCE_NAME, volume)
         overlap = dice(mask, reference)
         self.delayDisplay(f"Dice against the reference: {overlap:.3f} (at least {MINIMUM_DICE})")
         self.assertGreaterEqual(overlap, MINIMUM_DICE)

@@ -73,10 +73,6 @@ class UndoStack:
         """Forget the steps of a segmentation node (e.g. one a batch run removes from the scene)."""
         self._steps = [s for s in self._steps if s.segmentationNode is not segmentationNode]
 
-    def discardLast(self) -> UndoStep | None:
-        """Forget the last step without restoring it (e.g. after the user chose to keep their edits)."""
-        return self._steps.pop() if self._steps else None
-
     @staticmethod
     def apply(step: UndoStep) -> None:
         """Restore the step's segments (newest first); remove the node if the step made it and it is empty."""

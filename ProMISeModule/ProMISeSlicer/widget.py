@@ -28,7 +28,7 @@ from slicer.util import VTKObservationMixin
 from . import install
 from .logic import ATTR_ROI_SEGMENT, ProMISeModuleLogic
 from .models_panel import ModelsPanel
-from .poller import ensurePolling
+from .poller import ensure_polling
 from .routing import PromptSession, color_point_list, make_point_list
 from .worker import CANCELLED, DONE, Job
 
@@ -374,7 +374,7 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
                                         description=_("Starting ProMISe...")))
         if state == "queued":
             self.ui.statusLabel.text = _("Queued: runs when the current segmentation finishes.")
-        ensurePolling(logic.runner)
+        ensure_polling(logic.runner)
         return state
 
     def onRunFinished(self, outcome) -> None:

@@ -93,10 +93,6 @@ class BackgroundRunner:
         with self._lock:
             return self._progress
 
-    @property
-    def cancelRequested(self) -> bool:
-        return self._cancel.is_set()
-
     def _notify(self) -> None:
         for listener in list(self.listeners):
             try:

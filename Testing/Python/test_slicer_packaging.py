@@ -365,6 +365,25 @@ def test_slicer_helpers_import_no_qt_and_nothing_heavy():
     subprocess.run([sys.executable, "-c", code, str(MODULE)], check=True, timeout=120)
 
 
+# --- the Slicer layer's house rules (docs/architecture.md) --------------------------------------
+def test_slicer_layer_names_module_functions_in_snake_case_and_the_console_api_in_camel_case():
+    snake = re.compile(r"_?[a-z][a-z0-9_]*")
+    for path in sorted((MODULE / "ProMISeSlicer").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+        assert all(snake.fullmatch(name) for name in functions), f"{path.name}: {functions}"
+    logic = next(node for node in ast.parse((MODULE / "ProMISeSlicer" / "logic.py").read_text()).body
+                 if isinstance(node, ast.ClassDef) and node.name == "ProMISeModuleLogic")
+    methods = [node.name for node in logic.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+    assert {"segment", "prepareRun", "computeRun", "applyRun", "segmentFiles", "segmentBatch", "undo"} <= set(methods)
+    assert all(re.fullmatch(r"[a-z][a-zA-Z0-9]*", name) for name in methods), methods
+
+
+def test_the_console_api_and_the_scene_io_are_files_of_at_most_400_lines():
+    for name in ("logic.py", "run.py", "scene.py"):
+        assert len((MODULE / "ProMISeSlicer" / name).read_text().splitlines()) <= 400, name
+
+
 # --- dependencies -----------------------------------------------------------------------------
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower().replace("_", "-")

@@ -51,11 +51,14 @@ def one_thread():
 
 # --- prompts ----------------------------------------------------------------------------------
 def test_logic_offers_the_engines_prompt_modes_and_the_fake_speaks_like_the_engine():
-    pytest.importorskip("torch")
-    from ProMISeLib import engine
+    from ProMISeLib import prompting
+    from ProMISeSlicer import options
     from ProMISeSlicer.logic import PROMPT_MODES
 
-    assert PROMPT_MODES == engine.PROMPT_MODES
+    assert PROMPT_MODES is prompting.PROMPT_MODES and options.check_prompts is prompting.check_prompts  # one place
+    pytest.importorskip("torch")
+    from ProMISeLib import engine
+
     assert FakeSegmenter.METHODS["heuristic"] == engine.HEURISTIC_METHOD == HEURISTIC
 
 

@@ -49,7 +49,7 @@ def ras_of(volume, kji) -> np.ndarray:
 
 
 class BoxSegmenter(FakeSegmenter):
-    """The stand-in with the core's coming ``box`` keyword: a box alone fills the box."""
+    """The stand-in whose box prompt means something: a box alone fills the box (points: as the stand-in)."""
 
     def segment(self, volume_kji, geometry, points=None, negative_points=None, space="ras", progress=None,
                 cancel=None, box=None):
@@ -213,17 +213,18 @@ def test_an_roi_alone_is_a_box_prompt_for_the_target_segment(slicer_env):
     assert mask[4:9, 6:13, 5:10].all() and mask.sum() == 5 * 7 * 5
 
 
-def test_a_box_is_refused_clearly_by_an_engine_without_box_prompts(slicer_env):
-    logic = make_logic()
+def test_a_box_outside_the_volume_is_refused_and_changes_nothing(slicer_env):
+    from ProMISeSlicer.logic import ProMISeModuleLogic
+
+    engines = []
+    logic = ProMISeModuleLogic(segmenterFactory=lambda **kw: engines.append(BoxSegmenter(**kw)) or engines[-1])
     volume = volume_node()
-    roi = add_roi(ras_of(volume, (8, 12, 10)), (3.0, 3.0, 3.0))
-    before = scene_state(slicer_env.scene)
-    with pytest.raises(InvalidInputError, match="no box prompts"):
-        logic.segment(volume, None, roiNode=roi)
-    assert scene_state(slicer_env.scene) == before
     far = add_roi((900.0, 900.0, 900.0), (3.0, 3.0, 3.0), name="far")
+    before = scene_state(slicer_env.scene)
     with pytest.raises(InvalidInputError, match="outside the volume"):
         logic.segment(volume, None, roiNode=far)
+    assert scene_state(slicer_env.scene) == before
+    assert not engines  # refused while the scene was read, before the engine was made
 
 
 # --- the effect's logic --------------------------------------------------------------------------

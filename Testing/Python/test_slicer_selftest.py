@@ -142,7 +142,7 @@ def test_reload_and_test_shows_the_skip_and_still_runs_the_rest(selftest, monkey
 def test_reference_is_small_and_on_the_brain1_grid(selftest, slicer_env):
     import SimpleITK as sitk
 
-    folder = selftest.referenceDataFolder()
+    folder = selftest.reference_data_folder()
     assert folder == REPO / "Testing" / "Data"
     path = folder / selftest.REFERENCE_NAME
     assert path.stat().st_size < 10_000
@@ -152,8 +152,8 @@ def test_reference_is_small_and_on_the_brain1_grid(selftest, slicer_env):
     case = next((c for c in load_cases() if c.id == "brain1"), None)
     if case is None:
         pytest.skip("brain1 not in the data folder")
-    volume = selftest.loadScan(case.image)
-    reference = selftest.referenceOnVolumeGrid(path, volume)
+    volume = selftest.load_scan(case.image)
+    reference = selftest.reference_on_volume_grid(path, volume)
     assert reference.sum() == (sitk.GetArrayFromImage(sitk.ReadImage(str(path))) != 0).sum()
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) != 0
     assert selftest.dice(reference, label) > 0.7  # the reference is the tumour, placed where it belongs
