@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,12 +34,13 @@ from ProMISeLib.runtime.embedding_store import EmbeddingStore
 from ProMISeLib.runtime.loader import (
     check_precision,
     choose_runtime,
+    encode_ahead_for,
     encode_batch_size,
     load_backend,
     resolve_device,
 )
 from ProMISeLib.runtime.predictor import EmbeddingCache, SlicePredictor
-from ProMISeLib.walk import PropagationSettings, SliceMasks, WalkPlugin, assemble
+from ProMISeLib.walk import WALK_DEFAULTS, SliceMasks, WalkPlugin, WalkSettings, assemble
 from ProMISeLib.walk.choose import chooser_for
 from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.lesions import lesions_afresh, lesions_refined
@@ -58,7 +58,7 @@ class Segmenter:
     """A loaded model plus its embedding cache; call :meth:`segment` as often as needed."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", weights: str | None = None,
-                 cache_mb: float = 1024.0, settings: PropagationSettings | None = None, runtime: str = "auto",
+                 cache_mb: float = 1024.0, settings: WalkSettings | None = None, runtime: str = "auto",
                  onnx_dir: str | None = None, precision: str = "fp32",
                  prompts: str = "auto", prompter_weights: str | None = None,
                  plugins: Sequence[WalkPlugin] = (), embedding_store: str | EmbeddingStore | None = None) -> None:
@@ -77,6 +77,9 @@ class Segmenter:
 
         ``embedding_store`` (a folder, or an :class:`EmbeddingStore`) keeps every crop's embedding on disk, so a
         later run (another process, another day) encodes only crops it has not seen.
+
+        ``settings`` (:class:`~ProMISeLib.walk.WalkSettings`) replace the prompt mode's defaults
+        (``WALK_DEFAULTS``); ``settings=None`` runs each mode with its own.
         """
         self.spec = get_model_spec(model)
         self.prompts = check_prompts(prompts)
@@ -100,10 +103,8 @@ class Segmenter:
             self.messages.append(note)
         check_precision(precision, self.device, self.runtime)
         self.weights_path = weights
-        # Encode-ahead pays where the encoder runs beside the CPU (CUDA); on a small CPU it competes with the decoder.
-        self._settings_given = settings is not None  # else the fused prompts add their own stop settings
-        self.settings = settings or PropagationSettings(point_prompts=self.spec.point_prompts,
-                                                        encode_ahead=2 if self.device.type == "cuda" else 0)
+        self.settings = settings  # None: the prompt mode's defaults
+        self.encode_ahead = encode_ahead_for(self.device)
         if embedding_store is not None and not isinstance(embedding_store, EmbeddingStore):
             embedding_store = EmbeddingStore(embedding_store)
         self.cache = EmbeddingCache(cache_mb, embedding_store)
@@ -115,17 +116,9 @@ class Segmenter:
     def model_name(self) -> str:
         return self.spec.name
 
-    def run_settings(self) -> PropagationSettings:
-        """The settings a call runs with: those given, else the defaults plus the fused prompts' own stop."""
-        if self._settings_given or self.resolved_prompts != "fused":
-            return self.settings
-        return self.settings.for_fused()
-
-    def replace_settings(self, **fields) -> PropagationSettings:
-        """Replace these fields of :meth:`run_settings` (the mode's own defaults kept); returns the result."""
-        self.settings = replace(self.run_settings(), **fields)
-        self._settings_given = True
-        return self.settings
+    def run_settings(self) -> WalkSettings:
+        """The settings a call runs with: those given, else the resolved prompt mode's defaults."""
+        return self.settings if self.settings is not None else WALK_DEFAULTS[self.resolved_prompts]
 
     def load(self) -> SlicePredictor | Promise3DRunner:
         """Load the weights (hash-checked) and build the model, once.
@@ -244,11 +237,13 @@ class Segmenter:
         settings = self.run_settings()
         ctx = WalkContext(predictor, normalised, (geometry.spacing[1], geometry.spacing[0]), geometry.spacing[2],
                           settings, progress, cancel, chooser=chooser_for(self.resolved_prompts, prompter),
-                          plugins=self.plugins, bounds=bounds)
-        if settings.point_prompts:  # every click prompts every slice it is on: each call starts afresh
+                          plugins=self.plugins, bounds=bounds, point_prompts=self.spec.point_prompts,
+                          encode_ahead=self.encode_ahead)
+        if self.spec.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = lesions_afresh(ctx, positives, negatives, progress, alternative)
         else:
-            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds))
+            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds,
+                                          self.encode_ahead))
             lesions = lesions_refined(ctx, self.memory, positives, negatives, progress, alternative)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():

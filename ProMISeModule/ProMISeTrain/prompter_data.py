@@ -23,7 +23,7 @@ from ProMISeLib.io.sample_data import Case, lesion_click, patient_group
 from ProMISeLib.io.volumes import atomic_write, read_image, read_label
 from ProMISeLib.prompting.net import GRID, downsample_mask
 from ProMISeLib.walk.masks import box_of
-from ProMISeLib.walk.settings import PropagationSettings
+from ProMISeLib.walk.settings import SeedSettings
 
 FORMAT_VERSION = 2
 
@@ -76,7 +76,7 @@ def structures_of(case: Case, label: np.ndarray) -> Iterator[tuple[str, np.ndarr
 
 
 def _simulated_roi(mask2d: np.ndarray, rng: np.random.Generator, settings: ExtractionSettings,
-                   propagation: PropagationSettings) -> CropWindow:
+                   propagation: SeedSettings) -> CropWindow:
     box = box_of(mask2d)
     diameter = max(box[2] - box[0], box[3] - box[1])
     scale = float(np.exp(rng.uniform(*np.log(settings.scale_range))))
@@ -105,7 +105,7 @@ def extract_structure(case_id: str, name: str, mask: np.ndarray, volume: np.ndar
         return None
     digest = hashlib.blake2b(f"{case_id}/{name}/{settings.seed}".encode(), digest_size=8).digest()
     rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    propagation = PropagationSettings()
+    propagation = SeedSettings()
     roi = _simulated_roi(mask[k_click], rng, settings, propagation)
     k0, k1 = int(present[0]), int(present[-1])
     inside = list(range(k0, k1 + 1))
@@ -179,7 +179,7 @@ def cache_file(cache: Path, case_id: str, settings: ExtractionSettings) -> Path:
     """Where one case's samples are cached: the name carries a digest of everything that shapes them
     (the extraction settings, the engine's context crop, the file format), so a changed recipe never
     reads samples made under another."""
-    propagation = PropagationSettings()
+    propagation = SeedSettings()
     recipe = {"format": FORMAT_VERSION, "extraction": asdict(settings), "context_mm": propagation.context_mm,
               "min_crop_px": propagation.min_crop_px, "crop_snap": propagation.crop_snap}
     digest = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=6).hexdigest()

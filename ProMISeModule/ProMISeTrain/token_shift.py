@@ -27,7 +27,8 @@ from ProMISeLib.errors import CheckpointError
 from ProMISeLib.io.download import sha256_of
 from ProMISeLib.io.volumes import atomic_write
 from ProMISeLib.prompting.prompter import card_path, read_checked_card
-from ProMISeLib.walk import PropagationSettings, WalkPlugin
+from ProMISeLib.walk import WalkPlugin
+from ProMISeLib.walk.settings import StepSettings
 from torch import nn
 from torch.nn import functional as F
 
@@ -44,7 +45,7 @@ class ShiftSettings:
     iterations: int = 150
     slices_per_step: int = 4
     neighbour_boxes: int = 2  # boxes drawn from a neighbouring slice's label per slice (plus its own box)
-    scales: tuple[float, ...] = PropagationSettings().propagation_scales
+    scales: tuple[float, ...] = StepSettings().scales
     scale_jitter: float = 0.05  # log-normal SD on each box's size
     margin_px: tuple[float, float] = (2.0, 8.0)  # margin added on each side, in input pixels
     lr: float = 5e-3

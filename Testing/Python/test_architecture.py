@@ -126,15 +126,19 @@ def test_no_core_file_is_over_400_lines():
     assert not long
 
 
-def test_the_walk_has_at_most_25_settings_each_with_its_meaning():
-    from ProMISeLib.walk.settings import PropagationSettings
+def test_the_walk_has_at_most_25_settings_by_stage_each_with_its_meaning():
+    from ProMISeLib.walk.settings import STAGES, WALK_DEFAULTS, WalkSettings
 
-    fields = dataclasses.fields(PropagationSettings)
+    assert [f.name for f in dataclasses.fields(WalkSettings)] == list(STAGES)
+    fields = [f for stage in STAGES.values() for f in dataclasses.fields(stage)]
     assert len(fields) <= 25
     source = (MODULE_DIR / "ProMISeLib" / "walk" / "settings.py").read_text().splitlines()
     for field in fields:
         line = next(s for s in source if s.strip().startswith(f"{field.name}:"))
         assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"{field.name} has no one-line meaning"
+    from ProMISeLib.prompting import PROMPT_MODES
+
+    assert set(WALK_DEFAULTS) == set(PROMPT_MODES) - {"auto"}, "every prompt mode has its explicit defaults"
 
 
 def test_only_the_batch_dask_runner_imports_dask():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.runtime.predictor import Decoded
-from ProMISeLib.walk import PropagationSettings, SliceMasks
+from ProMISeLib.walk import SliceMasks, WalkSettings
 from ProMISeLib.walk.context import WalkContext
 from ProMISeLib.walk.correct import correct
 from ProMISeLib.walk.lesions import new_lesion
@@ -53,7 +53,7 @@ def _cylinder(first: int, last: int, depth: int = 24, radius: int = 9) -> np.nda
 
 
 def _context(volume, bounds=None) -> WalkContext:
-    return WalkContext(BrightInBox(volume), volume, (1.0, 1.0), 2.0, PropagationSettings(encode_ahead=0),
+    return WalkContext(BrightInBox(volume), volume, (1.0, 1.0), 2.0, WalkSettings(),
                        bounds=bounds)
 
 
@@ -84,7 +84,7 @@ def test_a_positive_click_on_a_missed_slice_extends_the_walk_there():
     lesion = _lesion(volume, list(range(2, 7)))
     ctx = _context(volume)
     refined = correct(ctx, lesion, (9, 32, 32), True, [])
-    extend = int(np.ceil(ctx.settings.correction_extend_mm / ctx.slice_mm))
+    extend = int(np.ceil(ctx.settings.correction.extend_mm / ctx.slice_mm))
     assert sorted(refined.masks) == list(range(2, 9 + extend + 1))
     assert all(refined.masks[k].sum() == lesion.masks[2].sum() for k in refined.masks)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -162,15 +161,14 @@ def test_masks_are_identical_with_and_without_encode_ahead(cases):
     from conftest import centre_click
     from ProMISeLib.engine import Segmenter
     from ProMISeLib.io.sample_data import read_case
-    from ProMISeLib.walk import PropagationSettings
 
     pytest.importorskip("onnxruntime")
     volume, geometry, truth = read_case(cases["STS_019_MR_T1"])
     click = centre_click(truth)[::-1]
     results = {}
     for ahead in (0, 2):
-        settings = dataclasses.replace(PropagationSettings(), encode_ahead=ahead)
-        segmenter = Segmenter(device="cpu", runtime="onnx", settings=settings, prompts="heuristic")
+        segmenter = Segmenter(device="cpu", runtime="onnx", prompts="heuristic")
+        segmenter.encode_ahead = ahead  # the runtime's knob (2 on CUDA, 0 on a CPU)
         results[ahead] = segmenter.segment(volume, geometry, [click], space="ijk")
         predictor = segmenter.load()
         assert (predictor.encoded_ahead > 0) == (ahead > 0)

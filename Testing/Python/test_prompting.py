@@ -395,16 +395,16 @@ class _RecordingPredictor:
 
 
 def _context(predictor, volume, settings=None, **kwargs):
-    from ProMISeLib.walk import PropagationSettings
+    from ProMISeLib.walk import WalkSettings
     from ProMISeLib.walk.context import WalkContext
 
-    return WalkContext(predictor, volume, (1.0, 1.0), 1.0, settings or PropagationSettings(encode_ahead=0), **kwargs)
+    return WalkContext(predictor, volume, (1.0, 1.0), 1.0, settings or WalkSettings(), **kwargs)
 
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(verify):
     """A correction's step skips the own-box re-decode, which is what doubles a step's cost."""
-    from ProMISeLib.walk import PropagationSettings
+    from ProMISeLib.walk.settings import StepSettings
     from ProMISeLib.walk.step import step
 
     disc = _disc(32, (16, 16), 6).astype(bool)
@@ -412,7 +412,7 @@ def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(veri
     ctx = _context(predictor, np.full((3, 32, 32), 100.0, np.float32))
     mask, score = step(ctx, 1, CropWindow.around((16, 16), 32), disc, [], [], verify=verify)
     assert (mask == disc).all()
-    scales = len(PropagationSettings().propagation_scales)
+    scales = len(StepSettings().scales)
     assert [len(b) for b in predictor.boxes] == ([scales, scales] if verify else [scales])
     assert score == pytest.approx(0.8)  # the decoder reproduces the mask from its own box: agreement 1
 
@@ -420,7 +420,7 @@ def test_a_step_without_verify_scores_by_the_predicted_iou_and_decodes_once(veri
 def test_a_plugin_chooses_each_steps_candidate_and_ends_the_walk():
     """The walk's extension point: a plug-in written here sees every weighed step, picks its candidate
     (the smallest box's mask instead of the rules' choice) and ends the walk two slices from the start."""
-    from ProMISeLib.walk import PropagationSettings, WalkPlugin
+    from ProMISeLib.walk import WalkPlugin, WalkSettings
     from ProMISeLib.walk.propagate import propagate
 
     seen = []
@@ -436,7 +436,7 @@ def test_a_plugin_chooses_each_steps_candidate_and_ends_the_walk():
     volume = np.full((11, 64, 64), 100.0, np.float32)
     start = _disc(64, (32, 32), 10).astype(bool)
     crop = CropWindow(0, 0, 64)
-    lenient = PropagationSettings(encode_ahead=0, min_score=0.0, min_area_fraction=0.0)  # the rules never stop
+    lenient = WalkSettings().changed(stop={"min_score": 0.0, "min_area_fraction": 0.0})  # the rules never stop
     plain = propagate(_context(_BoxPredictor(), volume, lenient), 5, crop, start, [], [])
     lesion = propagate(_context(_BoxPredictor(), volume, lenient, plugins=[Smallest()]), 5, crop, start, [], [])
     assert sorted(plain.masks) == list(range(11))

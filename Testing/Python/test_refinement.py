@@ -88,9 +88,9 @@ def test_negative_click_removes_only_near_it_and_decodes_few_slices(brain, brain
     assert refined.encoded_slices == 0 and 0 < refined.decoded_slices < first.decoded_slices
     # Each candidate is decoded once (scored by its predicted IoU): the click's slice tries the propagation's
     # boxes plus the prompter's, every further slice one box plus the prompter's.
-    settings = segmenter.settings
-    assert settings.correction_scales == (1.0,)
-    budget = len(settings.propagation_scales) + 1 + 2 * (refined.decoded_slices - 1)
+    settings = segmenter.run_settings()
+    assert settings.correction.scales == (1.0,)
+    budget = len(settings.step.scales) + 1 + 2 * (refined.decoded_slices - 1)
     assert 0 < refined.decoded_prompts <= budget
     # The same clicks again cost nothing and give the same mask.
     again = segmenter.segment(volume, geometry, [click[::-1]], negative_points=[(i, j, k)], space="ijk")

@@ -14,6 +14,12 @@ from ProMISeLib.runtime.choice import PRECISIONS, RUNTIMES, onnx_installed
 from ProMISeLib.runtime.torch_backend import TorchBackend
 
 
+def encode_ahead_for(device: torch.device) -> int:
+    """Slices the walk encodes in the background ahead of itself: 2 where the encoder runs beside the CPU (CUDA);
+    none on a CPU, where encoding competes with the decoder."""
+    return 2 if device.type == "cuda" else 0
+
+
 def encode_batch_size(device: torch.device) -> int:
     """Crops per encoder call: 16 on CUDA; one on a CPU, the fastest per slice there (batches of 4 were 5-25%
     slower on both runtimes) with a quarter of the activations' memory."""

@@ -15,6 +15,6 @@ One stage a file, sharing one :class:`~ProMISeLib.walk.context.WalkContext`:
 
 from ProMISeLib.walk.hooks import WalkPlugin, Weighed
 from ProMISeLib.walk.masks import SliceMasks, assemble
-from ProMISeLib.walk.settings import FUSED_DEFAULTS, PropagationSettings
+from ProMISeLib.walk.settings import WALK_DEFAULTS, WalkSettings
 
-__all__ = ["FUSED_DEFAULTS", "PropagationSettings", "SliceMasks", "WalkPlugin", "Weighed", "assemble"]
+__all__ = ["WALK_DEFAULTS", "SliceMasks", "WalkPlugin", "WalkSettings", "Weighed", "assemble"]

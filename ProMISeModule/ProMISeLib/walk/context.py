@@ -12,7 +12,7 @@ from ProMISeLib.io.preprocess import CropWindow
 from ProMISeLib.runtime.predictor import SlicePredictor
 from ProMISeLib.walk.choose import Chooser
 from ProMISeLib.walk.hooks import WalkPlugin, Weighed
-from ProMISeLib.walk.settings import PropagationSettings
+from ProMISeLib.walk.settings import WalkSettings
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -33,12 +33,14 @@ class WalkContext:
     volume: np.ndarray  # normalised 0-255, (K, J, I)
     spacing_ji: tuple[float, float]
     slice_mm: float
-    settings: PropagationSettings = field(default_factory=PropagationSettings)
+    settings: WalkSettings = field(default_factory=WalkSettings)
     progress: ProgressFn | None = None
     cancel: CancelFn | None = None
     chooser: Chooser = field(default_factory=Chooser)
     plugins: Sequence[WalkPlugin] = ()
     bounds: Bounds | None = None  # the user's box: the lesion is searched for inside it only
+    point_prompts: bool = False  # the model's: clicks go to the decoder as points too (point-trained SAM)
+    encode_ahead: int = 0  # the runtime's: slices encoded in the background ahead of the walk (0: off)
     messages: list[str] = field(default_factory=list)
     decoded_slices: int = 0  # axial slices decoded through this context
 
@@ -88,8 +90,8 @@ class WalkContext:
         return inside
 
     def radius_px(self, pixel_mm: float | None = None) -> int:
-        """``click_radius_mm`` in pixels of ``pixel_mm`` (the axial pixel by default)."""
-        return int(round(self.settings.click_radius_mm / (pixel_mm or self.pixel_mm)))
+        """``boxes.click_radius_mm`` in pixels of ``pixel_mm`` (the axial pixel by default)."""
+        return int(round(self.settings.boxes.click_radius_mm / (pixel_mm or self.pixel_mm)))
 
     @staticmethod
     def points_in_crop(points: Sequence[Voxel], k: int, crop: CropWindow) -> list[tuple[int, int]]:
@@ -98,7 +100,7 @@ class WalkContext:
 
     def prompt_points(self, k: int, crop: CropWindow, positives, negatives):
         """The clicks on slice k as the decoder's point prompts (point-trained models only), else (None, None)."""
-        if not self.settings.point_prompts:
+        if not self.point_prompts:
             return None, None
         pos = self.points_in_crop(positives, k, crop)
         neg = self.points_in_crop(negatives, k, crop)

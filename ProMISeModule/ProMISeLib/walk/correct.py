@@ -7,7 +7,7 @@
   neighbouring slices, adding to the lesion's masks; the intensity stop there reads the clicked structure's
   own intensity (the user has said it is lesion), not the seed slice's.
   It stays within the lesion's slices, except on the side where the click lies past the lesion's end:
-  there it goes on at most ``correction_extend_mm`` past the click (another click there extends it
+  there it goes on at most ``correction.extend_mm`` past the click (another click there extends it
   further). It only adds voxels. (A reseed that walked on until the lesion ends was measured and not
   adopted: docs/studies/clicks-that-converge.md.)
 - A **negative** click re-decodes its slice with the boxes moved past it, keeping the best candidate that
@@ -16,7 +16,7 @@
   shorter part of the lesion beyond it goes (a click near an end trims that end; it never takes the
   larger part of the lesion with it).
 
-Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction_agreement``)
+Each way, the walk stops where its mask agrees with the lesion's (IoU at least ``correction.agreement``)
 or a stop rule ends it: the rest of the lesion stays as it was. Candidates are scored by the model's
 predicted IoU alone (no re-decode from their own boxes), which halves a correction's decoding.
 """
@@ -42,7 +42,7 @@ def _nearer_end(masks: dict[int, np.ndarray], k: int, start_k: int) -> int:
 
 
 def _click_disk(ctx: WalkContext, like: np.ndarray, click_ji: tuple[int, int]) -> np.ndarray:
-    """A square of ``click_radius_mm`` around the click, as a crop mask shaped like ``like``."""
+    """A square of ``boxes.click_radius_mm`` around the click, as a crop mask shaped like ``like``."""
     radius = max(1, ctx.radius_px())
     disk = np.zeros_like(like, dtype=bool)
     disk[max(click_ji[0] - radius, 0) : click_ji[0] + radius + 1,
@@ -55,12 +55,12 @@ def _grown(ctx: WalkContext, k: int, crop, mask: np.ndarray, click_ji: tuple[int
     """A positive click beside slice k's mask asks for a structure that holds both: the box around the mask
     and the click, decoded. Its component at the click, with the mask; None where it leaves half the mask out."""
     s = ctx.settings
-    box = box_of(mask | _click_disk(ctx, mask, click_ji), s.box_margin, s.box_margin_px)
+    box = box_of(mask | _click_disk(ctx, mask, click_ji), s.boxes.box_margin, s.boxes.box_margin_px)
     box = ctx.exclude(box[None], k, crop, negatives)
     decoded = ctx.predictor.decode(ctx.embedding(k, crop), crop.side, box, None, None).masks[0]
     inside = ctx.box_mask(crop)
     grown = component_at(decoded if inside is None else decoded & inside, click_ji, max(1, ctx.radius_px()),
-                         s.fill_holes)
+                         s.boxes.fill_holes)
     if not grown.any() or np.count_nonzero(grown & mask) < 0.5 * np.count_nonzero(mask):
         return None
     return grown | mask
@@ -97,7 +97,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         result.masks[k] = found | old[k] if k in old else found
         follow, largest = found, int(found.sum())
         reference = intensity_reference(ctx, k, crop, found)  # the user says this is lesion: its own intensity
-        extend = max(1, int(np.ceil(s.correction_extend_mm / ctx.slice_mm)))  # past a click beyond an end
+        extend = max(1, int(np.ceil(s.correction.extend_mm / ctx.slice_mm)))  # past a click beyond an end
         lo = max(0, k - extend) if k < min(old) else min(old)
         hi = min(depth - 1, k + extend) if k > max(old) else max(old)
     else:
@@ -120,7 +120,7 @@ def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bo
         towards_start = not positive and (lesion.start_k - k) * direction > 0  # never redo the seed slice
         previous, kk = follow, k + direction
         while lo <= kk <= hi and ctx.allows(kk) and not (towards_start and kk == lesion.start_k):
-            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction_scales, verify=False,
+            mask, score = step(ctx, kk, crop, previous, [], negatives, scales=s.correction.scales, verify=False,
                                stage="correction")
             if not positive and mask is not None:
                 mask = mask & old[kk]

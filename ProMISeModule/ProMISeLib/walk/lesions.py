@@ -32,7 +32,7 @@ def new_lesion(ctx: WalkContext, click: Voxel | None, positives: list[Voxel], ne
         hypotheses = len(areas) if alternative is not None else 0
     # The learned prompter alone walks to its own end; the rules and the fused prompts read the planes.
     # A box prompt prompts the planes through its centre: they give each slice's box and the lesion's ends.
-    use_extents = ctx.settings.orthogonal_stop and ctx.chooser.reads_planes
+    use_extents = ctx.settings.stop.orthogonal and ctx.chooser.reads_planes
     if ctx.bounds is not None:
         extents = box_extents(ctx) if use_extents else None
     else:
@@ -65,7 +65,7 @@ def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxe
     The clicks are applied in order: those of the remembered run first, as they were applied then, and
     the new ones after them: a box prompt first (it seeds a lesion), then the positive clicks, then the
     negative ones. A positive click inside a lesion
-    changes nothing; one within a lesion's crop and ``correction_reach`` slices corrects it; any other
+    changes nothing; one within a lesion's crop and ``correction.reach`` slices corrects it; any other
     seeds a new lesion. A negative click corrects each lesion it is inside. So the same clicks again cost
     nothing, and one more click costs its neighbourhood only.
 
@@ -107,7 +107,7 @@ def apply_click(ctx: WalkContext, lesions: list[SliceMasks], click: Voxel, posit
     if positive:
         if any(lesion.contains(click) for lesion in lesions):
             return lesions
-        reach = ctx.settings.correction_reach
+        reach = ctx.settings.correction.reach
         owner = next((n for n, lesion in enumerate(lesions) if lesion.reaches(click, reach)), None)
         if owner is None:
             if progress:

@@ -2,7 +2,7 @@
 
 The coronal and sagittal planes through the click are resampled to square pixels and searched like the
 click's slice; each is read back per axial slice as the lesion's column range (coronal) and row range
-(sagittal). The walk stops a little past the farthest slice they reach (``orthogonal_tolerance``).
+(sagittal). The walk stops a little past the farthest slice they reach (``stop.orthogonal_tolerance``).
 
 With a box prompt the planes go through the box's centre and the box itself, projected on each plane,
 prompts it (LiteMedSAM was trained on boxes): the ranges they give on each axial slice make that slice's
@@ -52,13 +52,14 @@ def orthogonal_extents(ctx: WalkContext, click_kji: Voxel) -> Extents:
     for axis, resampled, in_plane_mm, per_slice in _planes(ctx, j, i):
         centre = (i, j)[axis]
         click_r = int(round((k + 0.5) * per_slice - 0.5))
-        side = int(min(max(resampled.shape), max(s.min_crop_px, round(s.orthogonal_context_mm / in_plane_mm))))
-        crop = CropWindow.around((click_r, centre), side, snap=s.crop_snap)
+        side = int(min(max(resampled.shape),
+                       max(s.seed.min_crop_px, round(s.stop.orthogonal_context_mm / in_plane_mm))))
+        crop = CropWindow.around((click_r, centre), side, snap=s.seed.crop_snap)
         ctx.check_cancel()
         embedding = ctx.predictor.embed(resampled[None], [0], crop)[0]
         click_rc = (click_r - crop.j0, centre - crop.i0)
         mask, score = best_at_click(ctx, "plane", k, None, embedding, crop.side, click_rc, in_plane_mm,
-                                    aspects=s.orthogonal_aspects)
+                                    aspects=s.stop.orthogonal_aspects)
         if not found_at_click(ctx, mask, score):
             continue
         full = np.zeros(resampled.shape, dtype=bool)
@@ -76,7 +77,8 @@ def box_extents(ctx: WalkContext) -> Extents:
     for axis, resampled, _, per_slice in _planes(ctx, (j0 + j1) // 2, (i0 + i1) // 2):
         c0, c1 = ((i0, i1), (j0, j1))[axis]
         r0, r1 = k0 * per_slice, (k1 + 1) * per_slice
-        side = int(min(max(resampled.shape), max(s.min_crop_px, round(max(r1 - r0, c1 + 1 - c0) * s.crop_to_lesion))))
+        side = int(min(max(resampled.shape),
+                       max(s.seed.min_crop_px, round(max(r1 - r0, c1 + 1 - c0) * s.seed.crop_to_lesion))))
         crop = CropWindow.around(((r0 + r1) / 2, (c0 + c1 + 1) / 2), side)
         ctx.check_cancel()
         embedding = ctx.predictor.embed(resampled[None], [0], crop)[0]
@@ -86,7 +88,7 @@ def box_extents(ctx: WalkContext) -> Extents:
         inside[max(int(np.floor(box[0, 1])), 0) : max(int(np.ceil(box[0, 3])), 0),
                max(c0 - crop.i0, 0) : max(c1 + 1 - crop.i0, 0)] = True
         mask = decoded & inside
-        if s.fill_holes:
+        if s.boxes.fill_holes:
             mask = ndimage.binary_fill_holes(mask)
         mask = largest_component(mask)
         if not mask.any():

@@ -17,10 +17,9 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
     """Follow the lesion from ``start_k`` up and down; return its crop masks per slice.
 
     Each direction ends at the first slice a stop rule (or a plug-in's ``stop``) ends, past the
-    farthest slice the orthogonal planes reach (``extents``) plus ``orthogonal_tolerance``, or at the
+    farthest slice the orthogonal planes reach (``extents``) plus ``stop.orthogonal_tolerance``, or at the
     box prompt's end.
     """
-    s = ctx.settings
     reference = intensity_reference(ctx, start_k, crop, start_mask)
     result = SliceMasks(crop=crop, masks={start_k: start_mask}, start_k=start_k, reference=reference)
     depth = ctx.volume.shape[0]
@@ -39,8 +38,8 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
             done += 1
             lo, hi = progress_span
             ctx.report(lo + (hi - lo) * min(done / estimate, 0.95), f"slice {k}")
-            if s.encode_ahead > 0:  # the next slices encode in the background while this one decodes
-                ahead = [k + direction * n for n in range(s.encode_ahead + 1)]
+            if ctx.encode_ahead > 0:  # the next slices encode in the background while this one decodes
+                ahead = [k + direction * n for n in range(ctx.encode_ahead + 1)]
                 ahead = [kk for kk in ahead
                          if 0 <= kk < depth and ctx.allows(kk) and not beyond_extent(ctx, kk, limit, direction)]
                 ctx.predictor.prefetch(ctx.volume, ahead, crop)
@@ -54,7 +53,7 @@ def propagate(ctx: WalkContext, start_k: int, crop: CropWindow, start_mask: np.n
             previous = mask
             reference = intensity_reference(ctx, k, crop, mask)  # a slow drift goes on; a jump ends the lesion
             k += direction
-        if s.encode_ahead > 0:
+        if ctx.encode_ahead > 0:
             ctx.predictor.cancel_prefetch()  # slices queued past where this direction stopped
     return result
 

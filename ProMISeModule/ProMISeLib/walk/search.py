@@ -25,7 +25,7 @@ def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[
     box height/width ratios; ``inside`` (a crop mask: the user's box) clips every candidate."""
     s = ctx.settings
     cj, ci = click_rc
-    radii = np.array(s.seed_half_sizes_mm) / pixel_mm
+    radii = np.array(s.seed.half_sizes_mm) / pixel_mm
     radii = radii[radii < side]
     boxes = np.stack([[ci - r, cj - r * a, ci + r + 1, cj + r * a + 1]
                       for a in aspects for r in radii if r * a < side]).astype(np.float32)
@@ -36,17 +36,17 @@ def candidates_at_click(ctx: WalkContext, embedding, side: int, click_rc: tuple[
     first = ctx.predictor.decode(embedding, side, boxes, points, labels)
     radius = ctx.radius_px(pixel_mm)
     masks = first.masks if inside is None else [m & inside for m in first.masks]
-    kept = [(c, float(p)) for c, p in zip((component_at(m, (cj, ci), radius, s.fill_holes) for m in masks),
+    kept = [(c, float(p)) for c, p in zip((component_at(m, (cj, ci), radius, s.boxes.fill_holes) for m in masks),
                                            first.iou, strict=True) if c.any()]
     predicted = [p for _, p in kept]
     if not kept or not verify:
         return [c for c, _ in kept], predicted, predicted
     candidates = [c for c, _ in kept]
-    own_boxes = np.stack([box_of(c, s.box_margin, s.box_margin_px) for c in candidates])
+    own_boxes = np.stack([box_of(c, s.boxes.box_margin, s.boxes.box_margin_px) for c in candidates])
     if exclude is not None:
         own_boxes = exclude(own_boxes)
     second = ctx.predictor.decode(embedding, side, own_boxes, points, labels)
-    scores = [float(p) * iou(c, component_at(a, (cj, ci), radius, s.fill_holes))
+    scores = [float(p) * iou(c, component_at(a, (cj, ci), radius, s.boxes.fill_holes))
               for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
     return candidates, predicted, scores
 
@@ -59,7 +59,7 @@ def _prompter_box(ctx: WalkContext, embedding, side: int, click_rc: tuple[int, i
         box = exclude(box[None])[0]
     out = ctx.predictor.decode(embedding, side, box[None], points, labels)
     decoded = out.masks[0] if inside is None else out.masks[0] & inside
-    mask = component_at(decoded, click_rc, ctx.radius_px(pixel_mm), ctx.settings.fill_holes)
+    mask = component_at(decoded, click_rc, ctx.radius_px(pixel_mm), ctx.settings.boxes.fill_holes)
     return (mask, float(out.iou[0])) if mask.any() else None
 
 
@@ -75,7 +75,7 @@ def ranked_at_click(ctx: WalkContext, stage: str, k: int, crop, embedding, side:
     the plug-ins."""
     chooser = ctx.chooser
     coarse = chooser.at_click(embedding, side, click_rc)
-    extra = None if coarse is None or coarse.box is None else widened(coarse.box, ctx.settings.box_margin_px)
+    extra = None if coarse is None or coarse.box is None else widened(coarse.box, ctx.settings.boxes.box_margin_px)
     if not chooser.decodes_rules:
         found = None if extra is None else _prompter_box(ctx, embedding, side, click_rc, pixel_mm, extra, exclude,
                                                          points, labels, inside)

@@ -1,7 +1,7 @@
 """Stage 1-2 of the walk: find the lesion at the click, then re-crop around it.
 
-The box search runs on the click's slice in a wide context crop (``context_mm``). The crop is then
-re-centred on the chosen lesion and sized to a few lesion diameters (``crop_to_lesion``), so the lesion
+The box search runs on the click's slice in a wide context crop (``seed.context_mm``). The crop is then
+re-centred on the chosen lesion and sized to a few lesion diameters (``seed.crop_to_lesion``), so the lesion
 is large in the model's 256 px input, and the lesion's box is decoded again there.
 """
 
@@ -39,8 +39,8 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives, alternative: 
     k, j, i = click_kji
     s = ctx.settings
     rows, cols = ctx.volume.shape[1:]
-    side = int(min(max(rows, cols), max(s.min_crop_px, round(s.context_mm / ctx.pixel_mm))))
-    crop = CropWindow.around((j, i), side, snap=s.crop_snap)
+    side = int(min(max(rows, cols), max(s.seed.min_crop_px, round(s.seed.context_mm / ctx.pixel_mm))))
+    crop = CropWindow.around((j, i), side, snap=s.seed.crop_snap)
     if np.ptp(crop.extract(ctx.volume[k])) < 1e-3:
         raise EmptySegmentationError("the image is uniform around the click: there is nothing to segment")
     hypotheses, score = search(ctx, k, (j, i), crop, positives, negatives, alternatives=ALTERNATIVES)
@@ -55,7 +55,7 @@ def seed(ctx: WalkContext, click_kji: Voxel, positives, negatives, alternative: 
     mask = hypotheses[alternative]
     box = box_of(mask)
     diameter = max(box[2] - box[0], box[3] - box[1])
-    new_side = int(max(s.min_crop_px, round(diameter * s.crop_to_lesion)))
+    new_side = int(max(s.seed.min_crop_px, round(diameter * s.seed.crop_to_lesion)))
     if new_side < 0.8 * side:
         centre = ((box[1] + box[3]) / 2 + crop.j0, (box[0] + box[2]) / 2 + crop.i0)
         roi = CropWindow.around(centre, new_side)
@@ -75,13 +75,14 @@ def seed_from_box(ctx: WalkContext, negatives) -> tuple[Voxel, CropWindow, np.nd
     k = (k0 + k1) // 2
     centre = ((j0 + j1) / 2, (i0 + i1) / 2)
     rows, cols = ctx.volume.shape[1:]
-    side = int(min(max(rows, cols), max(s.min_crop_px, round((max(j1 - j0, i1 - i0) + 1) * s.crop_to_lesion))))
+    side = int(min(max(rows, cols),
+                   max(s.seed.min_crop_px, round((max(j1 - j0, i1 - i0) + 1) * s.seed.crop_to_lesion))))
     crop = CropWindow.around(centre, side)
     embedding = ctx.embedding(k, crop)
     box = np.array([[i0 - crop.i0, j0 - crop.j0, i1 + 1 - crop.i0, j1 + 1 - crop.j0]], np.float32)
     out = ctx.predictor.decode(embedding, crop.side, ctx.exclude(box, k, crop, negatives), None, None)
     mask = out.masks[0] & ctx.box_mask(crop)
-    if s.fill_holes:
+    if s.boxes.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     mask = largest_component(mask)
     if not mask.any():
@@ -96,15 +97,15 @@ def _refine(ctx: WalkContext, k: int, click_ji, crop: CropWindow, box: np.ndarra
     embedding = ctx.embedding(k, crop)
     cj, ci = click_ji[0] - crop.j0, click_ji[1] - crop.i0
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
-    margin_box = widened(box, np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.box_margin
-                         + s.box_margin_px)
+    margin_box = widened(box, np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) * s.boxes.box_margin
+                         + s.boxes.box_margin_px)
     mask, score = np.zeros((crop.side, crop.side), bool), 0.0
     for _ in range(2):
         margin_box = ctx.exclude(margin_box, k, crop, negatives)[0]
         out = ctx.predictor.decode(embedding, crop.side, margin_box[None], points, labels)
-        component = component_at(out.masks[0], (cj, ci), ctx.radius_px(), s.fill_holes)
+        component = component_at(out.masks[0], (cj, ci), ctx.radius_px(), s.boxes.fill_holes)
         if not component.any():
             break
         mask, score = component, float(out.iou[0])
-        margin_box = box_of(mask, s.box_margin, s.box_margin_px)
+        margin_box = box_of(mask, s.boxes.box_margin, s.boxes.box_margin_px)
     return mask, score

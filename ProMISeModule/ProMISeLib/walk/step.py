@@ -1,6 +1,6 @@
 """Stage 4, one step: the lesion's mask on slice k from boxes around the neighbouring slice's mask.
 
-Boxes of several sizes (``propagation_scales``) around the previous mask are decoded; each candidate
+Boxes of several sizes (``step.scales``) around the previous mask are decoded; each candidate
 keeps the components that touch the previous mask, and is scored like the seed's (predicted IoU times
 self-consistency). The prompt mode's chooser (``choose.py``) adds the learned prompter's box and picks the
 candidate; with learned prompts the prompter's box alone is decoded (and its components near the prompter's
@@ -24,7 +24,7 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
     """Best mask on slice k from boxes around the previous mask; returns (mask, score) or (None, 0).
 
     With ``require`` (crop row, column) only candidates that reach that point count; with ``forbid``
-    only those that leave it out, if any does. ``scales`` replaces ``propagation_scales``. Without
+    only those that leave it out, if any does. ``scales`` replaces ``step.scales``. Without
     ``verify`` the candidates are scored by the predicted IoU alone, not re-decoded from their own boxes.
     ``guide`` (x0, y0, x1, y1 on the slice) is one more box: the one a box prompt's planes give slice k.
     """
@@ -40,12 +40,12 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
         tight = box_of(previous)
         centre = (tight[:2] + tight[2:]) / 2
         half = (tight[2:] - tight[:2]) / 2
-        boxes = [np.concatenate([centre - half * f - s.box_margin_px, centre + half * f + s.box_margin_px])
-                 for f in (scales or s.propagation_scales)]
+        boxes = [np.concatenate([centre - half * f - s.boxes.box_margin_px, centre + half * f + s.boxes.box_margin_px])
+                 for f in (scales or s.step.scales)]
     if coarse is not None and coarse.box is not None:  # the learned box's mask is one more candidate
-        boxes.append(widened(coarse.box, s.box_margin_px))
+        boxes.append(widened(coarse.box, s.boxes.box_margin_px))
     if guide is not None and not alone:
-        boxes.append(widened(guide - np.array([crop.i0, crop.j0] * 2, np.float32), s.box_margin_px))
+        boxes.append(widened(guide - np.array([crop.i0, crop.j0] * 2, np.float32), s.boxes.box_margin_px))
     boxes = ctx.exclude(np.stack(boxes).astype(np.float32), k, crop, negatives)
     points, labels = ctx.prompt_points(k, crop, positives, negatives)
     first = ctx.predictor.decode(embedding, crop.side, boxes, points, labels)
@@ -58,7 +58,7 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
     for mask, score in zip(first.masks, first.iou, strict=True):
         if inside is not None:
             mask = mask & inside
-        if s.fill_holes:
+        if s.boxes.fill_holes:
             mask = ndimage.binary_fill_holes(mask)
         labels_2d, _ = ndimage.label(mask)
         keep = np.unique(labels_2d[reach & mask])
@@ -77,7 +77,7 @@ def step(ctx: WalkContext, k: int, crop: CropWindow, previous: np.ndarray, posit
     if not candidates:
         return None, 0.0
     if verify and not alone:
-        own = ctx.exclude(np.stack([box_of(c, 0.0, s.box_margin_px) for c in candidates]), k, crop, negatives)
+        own = ctx.exclude(np.stack([box_of(c, 0.0, s.boxes.box_margin_px) for c in candidates]), k, crop, negatives)
         second = ctx.predictor.decode(embedding, crop.side, own, points, labels)
         scores = [float(p) * iou(c, a) for c, a, p in zip(candidates, second.masks, second.iou, strict=True)]
     else:

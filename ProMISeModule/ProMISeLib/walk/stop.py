@@ -11,8 +11,8 @@ from ProMISeLib.walk.masks import iou
 
 
 def found_at_click(ctx: WalkContext, mask: np.ndarray, score: float) -> bool:
-    """Whether a search at a click found a structure: a mask, scored at least ``min_seed_score``."""
-    return bool(mask.any()) and score >= ctx.settings.min_seed_score
+    """Whether a search at a click found a structure: a mask, scored at least ``seed.min_score``."""
+    return bool(mask.any()) and score >= ctx.settings.seed.min_score
 
 
 def intensity_reference(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray) -> tuple[float, float]:
@@ -28,15 +28,15 @@ def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | N
     Inside a box prompt the user has said where the lesion is: only a vanished or abruptly grown mask ends it.
     """
     s = ctx.settings
-    if mask is None or mask.sum() < s.min_area_fraction * largest:
+    if mask is None or mask.sum() < s.stop.min_area_fraction * largest:
         return "mask vanished"
-    if mask.sum() > s.max_growth * previous.sum():
+    if mask.sum() > s.stop.max_growth * previous.sum():
         return "mask grew abruptly"
     if ctx.bounds is not None:
         return None
-    if score < s.min_score:
+    if score < s.stop.min_score:
         return "low model confidence"
-    if abs(float(crop.extract(ctx.volume[k])[mask].mean()) - reference[0]) > s.intensity_z * reference[1]:
+    if abs(float(crop.extract(ctx.volume[k])[mask].mean()) - reference[0]) > s.stop.intensity_z * reference[1]:
         return "intensity no longer matches the lesion"
     return None
 
@@ -44,7 +44,7 @@ def stop_reason(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | N
 def beyond_extent(ctx: WalkContext, k: int, limit: int | None, direction: int) -> bool:
     """Whether slice k is past the farthest slice the orthogonal planes reach on this side (and its slack;
     none for the planes a box prompted)."""
-    slack = 0 if ctx.bounds is not None else ctx.settings.orthogonal_tolerance
+    slack = 0 if ctx.bounds is not None else ctx.settings.stop.orthogonal_tolerance
     return limit is not None and (k - limit) * direction > slack
 
 
@@ -59,4 +59,4 @@ def walk_ends(ctx: WalkContext, k: int, crop: CropWindow, mask: np.ndarray | Non
 
 def back_on_lesion(ctx: WalkContext, merged: np.ndarray, old: np.ndarray | None) -> bool:
     """Whether a correction's walk is back on the lesion's own mask of this slice (the rest stays as it was)."""
-    return old is not None and iou(merged, old) >= ctx.settings.correction_agreement
+    return old is not None and iou(merged, old) >= ctx.settings.correction.agreement
