@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     oracle = Oracle()
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200, plugins=[oracle])
-    segmenter.replace_settings(encode_ahead=0)
+    segmenter.encode_ahead = 0
     for case in select_cases(shard=args.shard):
         target = out / f"{case.id}.json"
         if target.exists():
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
         row: dict = {"case": case.id, "lesion_slices": int(truth.any(axis=(1, 2)).sum())}
         for variant in args.variants.split(","):
             oracle.parts = frozenset(variant.split("+")) - {"engine"}
-            segmenter.replace_settings(orthogonal_stop="extent" not in oracle.parts)
+            segmenter.settings = segmenter.run_settings().changed(stop={"orthogonal": "extent" not in oracle.parts})
             segmenter.memory.clear()
             started = time.perf_counter()
             try:

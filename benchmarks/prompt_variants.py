@@ -53,7 +53,7 @@ from ProMISeLib.errors import ProMISeError
 from ProMISeLib.io.sample_data import lesion_click, load_cases, pad_field_of_view, random_lesion_click, read_case
 from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
-from ProMISeLib.walk import PropagationSettings
+from ProMISeLib.walk import WalkSettings
 from ProMISeTrain.prompter_pipeline import held_out_fold
 from ProMISeTrain.token_shift import TokenShift
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     shard, shards = (int(v) for v in args.shard.split("/"))
     wanted = set(args.cases.split(",")) if args.cases else None
     cases = [c for c in load_cases() if c.label_values and (wanted is None or c.id in wanted)][shard::shards]
-    settings = None if args.settings is None else PropagationSettings(encode_ahead=0, **json.loads(args.settings))
+    settings = None if args.settings is None else WalkSettings().changed(**json.loads(args.settings))
     field = tuple(float(v) for v in args.field_of_view.split(",")) if args.field_of_view else None
 
     def shift_of(case) -> str:

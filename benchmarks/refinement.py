@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     shipped = Segmenter(device="cpu", prompts=args.prompts).resolved_prompts
     segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts=shipped, cache_mb=600)
     if args.settings:  # fields of that mode's settings replaced
-        segmenter.replace_settings(**json.loads(args.settings))
+        segmenter.settings = segmenter.run_settings().changed(**json.loads(args.settings))
     for case in cases:
         target = out / f"{case.id}.json"
         if target.exists():

@@ -151,7 +151,8 @@ def main() -> None:
     if args.encode_ahead is not None:
         overrides["encode_ahead"] = args.encode_ahead
     if overrides:  # the mode's defaults (the fused prompts add their own) with these fields replaced
-        segmenter.replace_settings(**overrides)
+        segmenter.encode_ahead = overrides.pop("encode_ahead", segmenter.encode_ahead)
+        segmenter.settings = segmenter.run_settings().changed(**overrides)
     predictor = segmenter.load()
     device = segmenter.device
     # PyTorch fp32 on the same device: the plain path's model, and the one whose FLOPs are counted.
@@ -161,7 +162,7 @@ def main() -> None:
               "device": str(device), "runtime": args.runtime, "precision": args.precision,
               "prompts": segmenter.resolved_prompts,
               "prompter": segmenter.learned_prompter().name if segmenter.learned_prompter() else None,
-              "torch": torch.__version__, "threads": args.threads, "encode_ahead": segmenter.settings.encode_ahead,
+              "torch": torch.__version__, "threads": args.threads, "encode_ahead": segmenter.encode_ahead,
               "settings_overrides": overrides,
               "cases": []}
     if device.type == "cuda":
