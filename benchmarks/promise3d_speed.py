@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ProMISeModule"))
 
-from ProMISeLib.cli import peak_rss_mb  # noqa: E402
+from ProMISeLib.io.process import peak_rss_mb  # noqa: E402
 from ProMISeLib.models.promise3d.model import Promise3D, Promise3DConfig  # noqa: E402
 
 

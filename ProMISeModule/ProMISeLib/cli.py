@@ -13,6 +13,7 @@ from ProMISeLib.batch.command import add_batch_parser, run_batch_command
 from ProMISeLib.cli_training import TRAINING_COMMANDS, add_training_commands, run_training
 from ProMISeLib.errors import InvalidInputError, OutputError, ProMISeError
 from ProMISeLib.io.geometry import SPACES, parse_numbers
+from ProMISeLib.io.process import peak_rss_mb
 from ProMISeLib.models.registry import DEFAULT_MODEL
 from ProMISeLib.prompting import PROMPT_MODES
 from ProMISeLib.runtime.choice import RUNTIMES
@@ -165,19 +166,6 @@ def _run_segment(args: argparse.Namespace) -> int:
     if report:
         _write_report(report, result)
     return 0
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM, unlike ru_maxrss, excludes a parent's before exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _write_report(path: Path, result) -> None:

@@ -58,7 +58,7 @@ def failed_image(job: ImageJob, error: BaseException | str) -> ImageOutcome:
 
 def segment_image(segmenter, job: ImageJob, modality: str = "auto") -> ImageOutcome:
     """Segment every row of ``job``; a row that fails is recorded with its one-line error, the others go on."""
-    from ProMISeLib.cli import peak_rss_mb
+    from ProMISeLib.io.process import peak_rss_mb
 
     segmenter.cache.clear()  # another image's embeddings are of no more use
     try:

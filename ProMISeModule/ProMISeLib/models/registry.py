@@ -12,7 +12,8 @@ from ProMISeLib.errors import InvalidInputError
 from ProMISeLib.io.download import RemoteFile
 from ProMISeLib.io.preprocess import InputScaling
 from ProMISeLib.io.weights import WeightsFile, weights_status
-from ProMISeLib.models.promise3d.config import DOWNLOAD_PAGE, HOMEPAGE, PRESETS, Promise3DPreprocessing
+from ProMISeLib.models.promise3d.config import PRESETS, Promise3DPreprocessing
+from ProMISeLib.models.promise3d.config import WEIGHTS as PROMISE3D_WEIGHTS
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from torch import nn
@@ -126,13 +127,7 @@ def _sam_spec(kind: str, title: str, filename: str, sha256: str, size: int) -> M
 
 def _promise3d_spec(name: str) -> ModelSpec:
     preset = PRESETS[name]
-    weights = WeightsFile(
-        name=name, filename=f"{name}.safetensors",
-        sha256="",  # our conversion: checked against the SHA-256 in its sidecar
-        size=529_746_992,  # 132.4 M float32 values (no attention-mask buffers)
-        remote=None, homepage=HOMEPAGE, page=DOWNLOAD_PAGE, added=True, source_hint=preset.source_hint,
-        siblings=tuple(other for other in PRESETS if other != name))
-    return ModelSpec(name, f"{preset.title}; Li et al.; added by hand", weights, None, _build_promise3d,
+    return ModelSpec(name, f"{preset.title}; Li et al.; added by hand", PROMISE3D_WEIGHTS[name], None, _build_promise3d,
                      kind=VOLUME3D, preprocessing=preset.preprocessing)
 
 

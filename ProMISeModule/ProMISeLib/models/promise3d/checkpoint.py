@@ -28,7 +28,7 @@ import torch
 from ProMISeLib.errors import CheckpointError
 from ProMISeLib.io.download import sha256_of
 from ProMISeLib.io.weights import cached_path, read_sidecar, sidecar_path
-from ProMISeLib.models.promise3d.config import PRESETS, Promise3DConfig, Promise3DPreprocessing
+from ProMISeLib.models.promise3d.config import PRESETS, WEIGHTS, Promise3DConfig, Promise3DPreprocessing
 
 if TYPE_CHECKING:
     from ProMISeLib.models.promise3d.model import Promise3D
@@ -202,9 +202,7 @@ def convert_released_checkpoint(source: str | Path, name: str, output: str | Pat
     from ProMISeLib.models.promise3d.model import is_rebuildable
 
     tensors = {k: v for k, v in state.items() if not is_rebuildable(k)}
-    from ProMISeLib.models.registry import get_model_spec
-
-    target = Path(output).expanduser() if output is not None else cached_path(get_model_spec(name).weights)
+    target = Path(output).expanduser() if output is not None else cached_path(WEIGHTS[name])
     source_facts = {"file": source.name, "sha256": sha256_of(source), "size": source.stat().st_size}
     return _write(tensors, target, name, config, PRESETS[name].preprocessing, source=source_facts,
                   title=PRESETS[name].title)
@@ -329,13 +327,11 @@ def load_promise3d(source: str | Path, *, task: str | None = None, device: torch
     The preprocessing comes from the sidecar (``task``'s released preset when the sidecar lacks it).
     ``verify=False`` skips the SHA-256 check of a path the caller has just checked (resolve_weights).
     """
-    from ProMISeLib.models.registry import MODELS
-
     name = str(source)
-    if name in MODELS and MODELS[name].weights.added:
+    if name in WEIGHTS:
         from ProMISeLib.io.weights import resolve_weights
 
-        path = resolve_weights(MODELS[name].weights)  # checked against its sidecar
+        path = resolve_weights(WEIGHTS[name])  # checked against its sidecar
         meta = read_sidecar(path)
     else:
         path = Path(source).expanduser()

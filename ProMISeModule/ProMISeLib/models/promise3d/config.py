@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ProMISeLib.io.weights import WeightsFile
+
 #: Where the released checkpoints are published (a Google Drive folder: no direct download).
 DOWNLOAD_PAGE = "https://drive.google.com/drive/folders/1Yol2tIaNYVve6JQ3osg2pjDRgwVeS-IF"
 HOMEPAGE = "https://github.com/MedICL-VU/ProMISe"
@@ -177,4 +179,16 @@ PRESETS: dict[str, Promise3DPreset] = {
                         Promise3DPreprocessing(window=(-39.0, 204.0), mean=68.452, std=63.423),
                         "the pancreas *_promise.pth file"),
     )
+}
+
+#: Each released checkpoint's weights file: our conversion in the cache, checked against its sidecar (the models'
+#: registry entries hold these).
+WEIGHTS: dict[str, WeightsFile] = {
+    name: WeightsFile(
+        name=name, filename=f"{name}.safetensors",
+        sha256="",  # our conversion: checked against the SHA-256 in its sidecar
+        size=529_746_992,  # 132.4 M float32 values (no attention-mask buffers)
+        remote=None, homepage=HOMEPAGE, page=DOWNLOAD_PAGE, added=True, source_hint=preset.source_hint,
+        siblings=tuple(other for other in PRESETS if other != name))
+    for name, preset in PRESETS.items()
 }
