@@ -312,9 +312,10 @@ def test_a_case_that_fails_is_recorded_and_the_cohort_goes_on_then_a_rerun_redoe
                                                                                      capsys):
     image = sitk.ReadImage(str(scans["C"]["image"]))
     broken = tmp_path / "broken.nrrd"
-    sitk.WriteImage(image, str(broken), False)  # uncompressed: the header, then the voxels
+    sitk.WriteImage(image, str(broken), True)  # gzip: the header cannot tell a short stream, the read can
     whole = broken.read_bytes()
-    broken.write_bytes(whole[: len(whole) - image.GetNumberOfPixels()])  # its header reads, its voxels do not
+    payload = whole.index(b"\n\n") + 2
+    broken.write_bytes(whole[: payload + (len(whole) - payload) // 2])  # passes the manifest check, fails the read
     rows = _box_rows(scans, "A") + [{**_box_rows(scans, "C")[0], "id": "broken", "image": str(broken)}]
     manifest, output = _write_manifest(tmp_path / "cohort.csv", rows), tmp_path / "out"
     capsys.readouterr()
