@@ -1,7 +1,7 @@
 """ProMISe: place a fiducial, click Segment, get a 3D segment (frozen SAM-family model).
 
-The module description only. The panel is ``ProMISeSlicer.widget``, the models panel
-``ProMISeSlicer.models_panel``, the worker thread ``ProMISeSlicer.worker``, the Segment Editor effect
+The module description only. The panel is ``ProMISeSlicer.widget``, its parts ``ProMISeSlicer.models_panel``
+and ``ProMISeSlicer.points_panel``, the worker thread ``ProMISeSlicer.worker``, the Segment Editor effect
 ``ProMISeSlicer.segment_editor_effect``, the logic (no Qt) ``ProMISeSlicer.logic`` and the self-test
 ``ProMISeSlicer.selftest``; the engine (no Slicer) is ``ProMISeLib``. Nothing is installed, downloaded
 or imported from torch when this file is imported or the module is constructed.

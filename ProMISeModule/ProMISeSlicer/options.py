@@ -1,24 +1,16 @@
 """The run options the Slicer side accepts (runtime, prompts, model), checked without importing torch.
 
-Shared by :mod:`.logic` and :mod:`.batch` (so neither imports the other for them). The prompt modes and their
-check are the engine's own (``ProMISeLib.prompting``, which imports no torch), so bad input is refused where
-torch is not installed yet.
+Shared by :mod:`.logic` and :mod:`.batch` (so neither imports the other for them). The checks are the engine's
+own, which import no torch (the prompt modes: ``ProMISeLib.prompting``; the runtimes:
+``ProMISeLib.runtime.choice``, also the loader's check), so bad input is refused where torch is not installed yet.
 """
 
 from __future__ import annotations
 
-from ProMISeLib.errors import InvalidInputError
 from ProMISeLib.prompting import PROMPT_MODES, check_prompts
-from ProMISeLib.runtime.choice import RUNTIMES
+from ProMISeLib.runtime.choice import check_runtime
 
 __all__ = ["PROMPT_MODES", "check_prompts", "check_runtime", "default_model"]
-
-
-def check_runtime(runtime: str) -> str:
-    """``runtime`` if the engine offers it ("auto", "torch" or "onnx"), else InvalidInputError."""
-    if runtime not in RUNTIMES:
-        raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
-    return runtime
 
 
 def default_model() -> str:

@@ -1,9 +1,9 @@
-"""The ProMISe panel (Qt): inputs, the target segment, Segment/Cancel/Undo, progress and the worker's state.
+"""The ProMISe panel (Qt): set-up, the parameter node, Segment/Cancel/Undo/Next candidate, progress, the worker.
 
 The engine runs on the logic's worker thread (:mod:`.worker`); a ``qt.QTimer`` (:mod:`.poller`) applies
 results on the main thread. Segment and Undo are disabled while a run is in progress; a point placed or
-moved during a run is queued (only the latest) and runs next. Points are routed to the target segment
-(:mod:`.routing`): a new point refines it, "New lesion" starts another.
+moved during a run is queued (only the latest) and runs next. The point lists and the target segment they
+are routed to are :mod:`.points_panel`; the models, settings and dependencies :mod:`.models_panel`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from slicer.util import VTKObservationMixin
 from . import install
 from .logic import ATTR_ROI_SEGMENT, ProMISeModuleLogic
 from .models_panel import ModelsPanel
+from .points_panel import PointsPanel
 from .poller import ensure_polling
-from .routing import PromptSession, color_point_list, make_point_list
+from .routing import PromptSession
 from .worker import CANCELLED, DONE, Job
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
@@ -58,7 +59,7 @@ class ProMISeModuleParameterNode:
     autoUpdate: bool = True
 
 
-class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class ProMISeModuleWidget(ModelsPanel, PointsPanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: inputs, target segment, model/prompts/device/runtime, Segment/Cancel/Undo, progress, models."""
 
     def __init__(self, parent=None) -> None:
@@ -214,22 +215,6 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         self.ui.statusLabel.setStyleSheet("color: #c0392b;" if error else "")
         slicer.util.showStatusMessage(text, 5000)
 
-    def ensurePointList(self, role: str):
-        """The positive or negative point list, made (green or red) when there is none yet."""
-        node = self._parameterNode
-        if node is None:
-            return None
-        name = "positivePoints" if role == "positive" else "negativePoints"
-        points = getattr(node, name)
-        if points is None:
-            title = _("ProMISe object") if role == "positive" else _("ProMISe background")
-            points = make_point_list(slicer.mrmlScene, title, role)
-            setattr(node, name, points)
-            selector = self.ui.positivePointsSelector if role == "positive" else self.ui.negativePointsSelector
-            selector.setCurrentNode(points)
-            self.onPointsNodeChanged()
-        return points
-
     def updateButtons(self, caller=None, event=None) -> None:
         running = self.logic is not None and self.logic.busy  # the runner sets busy before it calls this
         node = self._parameterNode
@@ -247,72 +232,6 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
         self.ui.newLesionButton.enabled = bool(node and node.inputVolume)
         self.ui.positivePlaceWidget.setCurrentNode(node.positivePoints if node else None)
         self.ui.negativePlaceWidget.setCurrentNode(node.negativePoints if node else None)
-
-    # --- the target segment -------------------------------------------------------------------
-    def outputSegmentation(self):
-        node = self._parameterNode
-        if node is None:
-            return None
-        if node.outputSegmentation is not None:
-            return node.outputSegmentation
-        return self.logic.findSegmentationFor(node.inputVolume) if node.inputVolume else None
-
-    def populateTargets(self, caller=None) -> None:
-        """List the output segmentation's segments as targets, keeping the session's target selected."""
-        combo = self.ui.targetSegmentComboBox
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItem(_("(new lesion on the next point)"), "")
-        segmentationNode = self.outputSegmentation()
-        if segmentationNode is not None:
-            segmentation = segmentationNode.GetSegmentation()
-            for n in range(segmentation.GetNumberOfSegments()):
-                combo.addItem(segmentation.GetNthSegment(n).GetName(), segmentation.GetNthSegmentID(n))
-        targetNode, targetId = self.session.target() if self.session else (None, None)
-        if targetNode is not segmentationNode:
-            targetId = None
-            if self.session is not None:
-                self.session.setTarget(segmentationNode, None)
-        self._selectComboData(combo, targetId or "")
-        if not targetId:
-            combo.currentIndex = 0
-        combo.blockSignals(False)
-
-    def onTargetChanged(self, index=None) -> None:
-        segmentId = self.ui.targetSegmentComboBox.currentData or None
-        try:
-            self.session.setTarget(self.outputSegmentation(), segmentId)
-        except ProMISeError as error:
-            self.setStatus(str(error), error=True)
-            self.populateTargets()
-
-    def onNewLesionButton(self) -> None:
-        """Start a new lesion: an empty segment that the next points refine."""
-        node = self._parameterNode
-        if node is None or self.logic.busy:
-            return
-        try:
-            segmentId = self.session.newLesion(node.inputVolume, node.outputSegmentation)
-        except ProMISeError as error:
-            self.setStatus(str(error), error=True)
-            return
-        segmentationNode, _unused = self.session.target()
-        if node.outputSegmentation is None:
-            node.outputSegmentation = segmentationNode
-        self.populateTargets()
-        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        self.setStatus(_("New lesion {name}: place a point on it.").format(name=name))
-        self.placePositive()
-
-    def placePositive(self) -> None:
-        self.ensurePointList("positive")
-        self.ui.positivePlaceWidget.setCurrentNode(self._parameterNode.positivePoints)
-        self.ui.positivePlaceWidget.setPlaceModeEnabled(True)
-
-    def placeNegative(self) -> None:
-        self.ensurePointList("negative")
-        self.ui.negativePlaceWidget.setCurrentNode(self._parameterNode.negativePoints)
-        self.ui.negativePlaceWidget.setPlaceModeEnabled(True)
 
     # --- segmentation on the worker -----------------------------------------------------------
     def onRunnerChanged(self) -> None:
@@ -411,75 +330,3 @@ class ProMISeModuleWidget(ModelsPanel, ScriptedLoadableModuleWidget, VTKObservat
             self.setStatus(_("Undone: {what}").format(what=description))
             self.populateTargets()
         self.updateButtons()
-
-    # --- points: routing and automatic re-run -----------------------------------------------------
-    def _unobservePoints(self) -> None:
-        for observed, tag in self._observedPoints:
-            observed.RemoveObserver(tag)
-        self._observedPoints = []
-
-    def onPointsNodeChanged(self, node=None) -> None:
-        self._unobservePoints()
-        for role, selector in (("positive", self.ui.positivePointsSelector),
-                               ("negative", self.ui.negativePointsSelector)):
-            points = selector.currentNode()
-            if points is None:
-                continue
-            color_point_list(points, role)
-
-            def placed(caller, event, role=role):
-                self.onPointPlaced(caller, role)
-
-            def moved(caller, event, role=role):
-                self.onPointsEdited(caller, role)
-
-            self._observedPoints.append((points, points.AddObserver(points.PointPositionDefinedEvent, placed)))
-            self._observedPoints.append((points, points.AddObserver(points.PointEndInteractionEvent, moved)))
-            self._observedPoints.append((points, points.AddObserver(points.PointRemovedEvent, self.updateButtons)))
-        self.updateButtons()
-
-    def onPointPlaced(self, points, role: str) -> None:
-        """A control point was placed: route it to the target segment, then refine that segment."""
-        index = points.GetNumberOfControlPoints() - 1
-        if index < 0:
-            return
-        node = self._parameterNode
-        try:
-            self.session.routePoint(points, index, role, node.inputVolume if node else None)
-        except ProMISeError as error:
-            self.setStatus(str(error), error=True)
-            return
-        segmentationNode, _unused = self.session.target()
-        if node is not None and node.outputSegmentation is None and segmentationNode is not None:
-            node.outputSegmentation = segmentationNode
-        self.populateTargets()
-        self.onPointsEdited(points, role, index)
-
-    def onPointsEdited(self, points=None, role: str = "positive", index: int | None = None) -> None:
-        """A point was placed or moved: with "update automatically", re-run its segment (queued if busy)."""
-        self.updateButtons()
-        node = self._parameterNode
-        if node is None or not node.autoUpdate or not self._dependenciesReady or points is None:
-            return
-        from .nodes import point_segment_id
-
-        if index is None:
-            index = self._movedIndex(points)
-        segmentId = point_segment_id(points, index) if index is not None and index >= 0 else None
-        if segmentId is not None:
-            self.runSegmentation(segmentIds=[segmentId])
-        elif role == "positive" and index is not None and index >= 0:
-            self.runSegmentation(pointIndices=[index])
-        else:
-            self.runSegmentation()  # an unrouted background point: every segment
-
-    @staticmethod
-    def _movedIndex(points) -> int | None:
-        """The control point being moved (the markups display node's active point), if known."""
-        display = points.GetDisplayNode()
-        if display is not None and hasattr(display, "GetActiveControlPoint"):
-            active = display.GetActiveControlPoint()
-            if 0 <= active < points.GetNumberOfControlPoints():
-                return active
-        return None
-

@@ -340,12 +340,14 @@ def test_planner_is_plain_data():
 
 
 def test_the_version_check_itself_loads_on_python_3_9():
-    """On Slicer 5.8 (Python 3.9) install.py must import, to say "needs Slicer 5.10" instead of a SyntaxError."""
+    """On Slicer 5.8 (Python 3.9) install.py (and its planner) must import, to say "needs Slicer 5.10" instead of a
+    SyntaxError."""
     import ast
 
-    source = Path(install.__file__).read_text()
-    ast.parse(source, feature_version=(3, 9))
-    assert "from __future__ import annotations" in source  # the X | Y annotations stay strings on 3.9
+    for path in (Path(install.__file__), Path(install.__file__).with_name("install_plan.py")):
+        source = path.read_text()
+        ast.parse(source, feature_version=(3, 9))
+        assert "from __future__ import annotations" in source, path.name  # X | Y annotations stay strings on 3.9
     with pytest.raises(SyntaxError):
         ast.parse("match x:\n    case 1:\n        pass\n", feature_version=(3, 9))  # the check can fail
 

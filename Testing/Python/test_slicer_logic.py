@@ -344,6 +344,11 @@ def test_unknown_runtime_is_refused_before_any_work(slicer_env):
     assert len(FakeSegmenter.instances) == count and not logic.busy and not logic.canUndo()
     with pytest.raises(InvalidInputError, match="unknown runtime"):
         logic.getSegmenter("fake-model", "cpu", "ONNX")
+    # one check: the engine's own (runtime/choice.py, no torch), which the loader uses too
+    from ProMISeLib.runtime import choice
+    from ProMISeSlicer import options
+
+    assert options.check_runtime is choice.check_runtime
 
 
 def test_default_factory_hands_the_runtime_to_the_real_segmenter(slicer_env):

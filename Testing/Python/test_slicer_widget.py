@@ -1,4 +1,4 @@
-"""Smoke test of ProMISeModule.py and its panel (ProMISeSlicer.widget, .models_panel) without Qt.
+"""Smoke test of ProMISeModule.py and its panel (ProMISeSlicer.widget, .models_panel, .points_panel) without Qt.
 
 slicer-core has no Qt, so the Qt-side imports (qt, ScriptedLoadableModule, parameterNodeWrapper,
 i18n) are replaced by small stand-ins and the .ui widgets by fakes that hold their state. The MRML
@@ -220,8 +220,8 @@ def module(slicer_env, monkeypatch):
     for name, stub in (("qt", qt), ("slicer.ScriptedLoadableModule", slm), ("slicer.i18n", i18n),
                        ("slicer.parameterNodeWrapper", wrapper)):
         monkeypatch.setitem(sys.modules, name, stub)
-    for name in ("ProMISeSlicer.widget", "ProMISeSlicer.models_panel", "ProMISeSlicer.poller",
-                 "ProMISeSlicer.selftest"):
+    for name in ("ProMISeSlicer.widget", "ProMISeSlicer.models_panel", "ProMISeSlicer.points_panel",
+                 "ProMISeSlicer.poller", "ProMISeSlicer.selftest"):
         monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh with the stand-ins
     from ProMISeSlicer.logic import ProMISeModuleLogic
 

@@ -1,5 +1,5 @@
-"""The inference runtimes and precisions, named without importing torch or ONNX Runtime (the CLI and the Slicer
-panel list them).
+"""The inference runtimes and precisions, named and checked without importing torch or ONNX Runtime (the CLI and
+the Slicer panel list them; the loader and the Slicer layer check a runtime with :func:`check_runtime`).
 
 ``auto`` runs ONNX Runtime on a CPU where it is installed and the model has an export, else PyTorch
 (``ProMISeLib.runtime.loader.choose_runtime`` decides); ``torch`` and ``onnx`` ask for one.
@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
+from ProMISeLib.errors import InvalidInputError
+
 RUNTIMES = ("auto", "torch", "onnx")
 #: The precisions a model can run at (fp16: CUDA with PyTorch; int8: a CPU with ONNX Runtime).
 PRECISIONS = ("fp32", "fp16", "int8")
 #: The precisions of an ONNX export (its encoder in fp32, or int8 dynamically quantised).
 ONNX_PRECISIONS = ("fp32", "int8")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if the engine offers it (one of RUNTIMES), else InvalidInputError."""
+    if runtime not in RUNTIMES:
+        raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
+    return runtime
 
 
 def onnx_installed() -> bool:

@@ -10,7 +10,7 @@ from ProMISeLib.errors import CheckpointError, DeviceUnavailableError, InvalidIn
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import VOLUME3D, ModelSpec, get_model_spec
 from ProMISeLib.runtime.backend import Backend
-from ProMISeLib.runtime.choice import PRECISIONS, RUNTIMES, onnx_installed
+from ProMISeLib.runtime.choice import PRECISIONS, check_runtime, onnx_installed
 from ProMISeLib.runtime.torch_backend import TorchBackend
 
 
@@ -48,8 +48,7 @@ def choose_runtime(runtime: str, model: str, device: torch.device, precision: st
     ProMISe 3D), for fp16, on CUDA (the path the GPU figures were measured on) and where a plug-in
     changes the torch module (``adapts_model``); int8 is ONNX only.
     """
-    if runtime not in RUNTIMES:
-        raise InvalidInputError(f"unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}")
+    check_runtime(runtime)
     if runtime == "onnx" and adapts_model:
         raise InvalidInputError("a plug-in that changes the model runs with the torch runtime only")
     if runtime != "auto":
