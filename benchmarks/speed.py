@@ -160,7 +160,7 @@ def main() -> None:
     device = segmenter.device
     # PyTorch fp32 on the same device: the plain path's model, and the one whose FLOPs are counted.
     same = args.runtime == "torch" and args.precision == "fp32"
-    reference = predictor if same else Segmenter(device=str(device), weights=args.weights).load()
+    reference = predictor if same else Segmenter(device=str(device), weights=args.weights, runtime="torch").load()
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["speed.py", *sys.argv[1:]]),
               "device": str(device), "runtime": args.runtime, "precision": args.precision,
               "prompts": segmenter.resolved_prompts,
