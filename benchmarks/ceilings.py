@@ -4,9 +4,10 @@ It reads result files already in ``benchmarks/results/`` (no model runs) and pri
 
 - the default (fused prompts) and the rules alone, one click, every scan held out by patient;
 - a per-scan oracle choice between those two runs (what any selector between them could reach);
-- the default after its corrective clicks (``refinement.py``);
+- the default after its corrective clicks (``interactive.py --modes centre --summary ... --save``, or the
+  recorded ``refinement_cpu_prompt_batch.json`` of the former ``refinement.py``);
 - per propagated slice, the kept candidate, the best of the same candidates, and the true box on the same crop
-  (``candidates.py``): how far better ranking, and better boxes, could go;
+  (``candidates.json``, of the former ``candidates.py``): how far better ranking, and better boxes, could go;
 - the engine's walk with its choice, its extent and its seed handed to the label (``oracle_walk.py``; the
   shipped prompter, so not held out): how far the same boxes go when every decision is right;
 - the oracle: the true box on every lesion slice.
@@ -43,8 +44,11 @@ def one_click_rows(benchmark: dict) -> list[tuple[str, float, int]]:
 
 
 def refinement_rows(refinement: dict) -> list[tuple[str, float, int]]:
-    """Mean Dice after each click of a refinement.py run (the first click, then each corrective one)."""
-    runs = [c["steps"] for c in refinement["cases"] if c.get("steps")]
+    """Mean Dice after each click (the first click, then each corrective one) of an ``interactive.py --save``
+    file (its centre-click rows) or a recorded ``refinement.py`` file."""
+    runs = [c["modes"]["centre"]["steps"] if "modes" in c else c.get("steps") for c in refinement["cases"]
+            if "steps" in c or "centre" in c.get("modes", {})]
+    runs = [steps for steps in runs if steps]
     depth = min(len(steps) for steps in runs)
     return [(f"{n} corrective click{'s' if n > 1 else ''} after the first", _mean([s[n]["dice"] for s in runs]),
              len(runs)) for n in range(1, depth)]
@@ -74,7 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--benchmark", default="cpu_fused.json", help="run_benchmark.py file with both prompt modes")
-    parser.add_argument("--refinement", default="refinement_cpu_prompt_batch.json")
+    parser.add_argument("--refinement", default="refinement_cpu_prompt_batch.json",
+                        help="the corrective clicks: an interactive.py --save file (or a refinement.py one)")
     parser.add_argument("--candidates", default="candidates.json")
     parser.add_argument("--oracle-walk", default="oracle_walk.json")
     parser.add_argument("--save", type=Path, help="write the table as JSON here")

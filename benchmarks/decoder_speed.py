@@ -1,10 +1,10 @@
 """Decoder milliseconds per prompt: segment-anything's MaskDecoder against the engine's PromptBatchDecoder.
 
-Both run the same frozen LiteMedSAM weights on the same real embedding (a brain1 lesion slice), in
-PyTorch and in ONNX Runtime (each exported here from the same module), at the prompt batches the
-engine decodes: 1 (a learned prompt), 6 (a propagated slice's candidates) and 12 (a seed search).
-The script also records the largest logit difference between the two, and the matmul rate of the
-machine in the same run. Median of repeated runs.
+Both run the same frozen LiteMedSAM weights on the same real embedding (the centre click's slice of brain1,
+``--case``, read through the harness), in PyTorch and in ONNX Runtime (each exported here from the same
+module), at the prompt batches the engine decodes: 1 (a learned prompt), 6 (a propagated slice's candidates)
+and 12 (a seed search). The script also records the largest logit difference between the two, and the matmul
+rate of the machine in the same run. Median of repeated runs.
 
     python benchmarks/decoder_speed.py --threads 2 --out benchmarks/results/decoder_speed_cpu.json
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import first_click, load, named
 from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
 from ProMISeLib.io.weights import resolve_weights
 from ProMISeLib.models.registry import get_model_spec
 from ProMISeLib.runtime.onnx_backend import BoxDecoder
@@ -52,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--case", default="brain1", help="the scan whose centre-click slice gives the embedding")
     parser.add_argument("--out", default="benchmarks/results/decoder_speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,16 +60,15 @@ def main() -> None:
 
     spec = get_model_spec("litemedsam")
     model = spec.build(resolve_weights(spec.weights, None)).eval()
-    case = next(c for c in load_cases() if c.id == "brain1")
-    volume, _, truth = read_case(case)
-    k, j, i = lesion_click(truth)
-    normalised, _ = normalize_intensities(volume)
+    scan = load(named(args.case)[0])
+    k, j, i = first_click("centre", scan)
+    normalised, _ = normalize_intensities(scan.volume)
     crop = CropWindow.around((j, i), 120)
     decoders = {"sam": SamBoxDecoder(model), "prompt_batch": BoxDecoder(model)}
     with torch.inference_mode():
         embedding = model.image_encoder(spec.scaling.to_input(crop.extract(normalised[k])[None]))
     rng = np.random.default_rng(0)
-    report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+    report = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "case": scan.case_id,
               "matmul_gflops_start": matmul_ceiling(torch.device("cpu")),
               "rows": []}
     options = ort.SessionOptions()

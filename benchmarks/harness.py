@@ -15,7 +15,12 @@ kept on disk by the hash of its embedding and prompts (float16, on the first run
 the prompts a change made new. Its masks are checked against a run without it by ``parity.py``.
 
 **Held out by patient.** ``prompter_for(case, folds)`` is the learned prompter's fold that never saw the
-case's patient (``promise train-prompting --folds 19``); without folds the shipped prompter runs.
+case's patient (``promise train-prompting --folds 19``); without folds the shipped prompter runs. Build the
+segmenter with ``resolved_prompts(prompts, folds)``: a fold's card names no default mode.
+
+**Timings.** The speed and memory scripts take their scans from ``named`` and ``load`` but build their own
+``Segmenter`` (no store, no memo), so a first click is timed cold; ``PROMISE_BENCH_STORE=none`` does the same for
+the scripts here.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -76,6 +81,15 @@ class Scan:
 def select(ids: str = "", shard: str = "0/1") -> list[Case]:
     """The tumour cases named (all when empty), shard "I/N" of them."""
     return select_cases(ids, shard)
+
+
+def named(ids: str) -> list[Case]:
+    """The tumour cases named in ``ids`` (comma-separated), in that order; an unknown id is an error."""
+    found = {c.id: c for c in select(ids)}
+    missing = [i for i in filter(None, ids.split(",")) if i not in found]
+    if missing:
+        raise SystemExit(f"no labelled tumour case {', '.join(missing)} in the data folder (PROMISE_DATA_DIR)")
+    return [found[i] for i in filter(None, ids.split(","))]
 
 
 def load(case: Case) -> Scan:
@@ -173,6 +187,15 @@ def prompter_for(case_id: str, folds: str | None) -> str | None:
     from ProMISeTrain.prompter_pipeline import held_out_fold
 
     return str(held_out_fold(Path(folds), case_id))
+
+
+@cache
+def resolved_prompts(prompts: str, folds: str | None) -> str:
+    """The prompts mode to build a segmenter with: ``prompts``, but with ``folds`` an ``auto`` becomes the mode the
+    shipped prompter's card names (a fold's card names none, and ``auto`` would then run ``learned``)."""
+    if prompts != "auto" or not folds:
+        return prompts
+    return Segmenter(device="cpu", prompts=prompts).resolved_prompts
 
 
 def label_box(truth: np.ndarray) -> list[list[int]]:

@@ -35,7 +35,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import alternatives, load, make_segmenter, prompter_for, protocol, quantiles, run_cases, select
+from harness import (
+    alternatives,
+    load,
+    make_segmenter,
+    prompter_for,
+    protocol,
+    quantiles,
+    resolved_prompts,
+    run_cases,
+    select,
+)
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.io.sample_data import load_cases, random_lesion_click, read_case
@@ -46,7 +56,7 @@ TARGETS = (0.80, 0.85)
 
 def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None, runtime: str) -> dict:
     """One scan through the protocol, for every first prompt of ``modes``."""
-    segmenter = make_segmenter(runtime, prompts)
+    segmenter = make_segmenter(runtime, resolved_prompts(prompts, folds))
     if prompts != "heuristic":
         segmenter.set_prompter_weights(prompter_for(case.id, folds))
     scan = load(case)

@@ -30,10 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from ProMISeLib.engine import Segmenter
-from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import lesion_click, read_case, select_cases
+from harness import load, make_segmenter, protocol, read_rows, run_cases, select
 from ProMISeLib.metrics import dice
 from ProMISeLib.walk import WalkPlugin, Weighed
 
@@ -63,39 +60,37 @@ class Oracle(WalkPlugin):
         return None if mask is not None else "mask vanished"
 
 
+ORACLE = Oracle()  # one per process: its segmenter (and embedding cache) serves every scan
+
+
+def oracle_job(case, variants: str, runtime: str) -> dict:
+    """One scan, the centre click, once per variant (the harness's protocol without corrections)."""
+    segmenter = make_segmenter(runtime, "fused", plugins=(ORACLE,))
+    scan = load(case)
+    ORACLE.truth = scan.truth
+    row: dict = {"case": case.id, "lesion_slices": int(scan.truth.any(axis=(1, 2)).sum())}
+    for variant in variants.split(","):
+        ORACLE.parts = frozenset(variant.split("+")) - {"engine"}
+        segmenter.settings = segmenter.run_settings().changed(stop={"orthogonal": "extent" not in ORACLE.parts})
+        slices: list[int] = []
+
+        def record(n: int, mask: np.ndarray, slices: list[int] = slices) -> None:
+            slices.append(int(mask.any(axis=(1, 2)).sum()))
+
+        done = protocol(segmenter, scan, "centre", 0, record)
+        step = done["steps"][0] if done["steps"] else {"dice": 0.0, "hd95_mm": None, "seconds": 0.0}  # an error
+        row[variant] = {"dice": step["dice"], "hd95_mm": step["hd95_mm"], "seconds": step["seconds"],
+                        "slices": slices[0] if slices else 0, **({"error": done["error"]} if "error" in done else {})}
+    return row
+
+
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    oracle = Oracle()
-    segmenter = Segmenter(device="cpu", runtime=args.runtime, prompts="fused", cache_mb=1200, plugins=[oracle])
-    segmenter.encode_ahead = 0
-    for case in select_cases(shard=args.shard):
-        target = out / f"{case.id}.json"
-        if target.exists():
-            continue
-        volume, geometry, truth = read_case(case)
-        oracle.truth = truth
-        click = lesion_click(truth)
-        row: dict = {"case": case.id, "lesion_slices": int(truth.any(axis=(1, 2)).sum())}
-        for variant in args.variants.split(","):
-            oracle.parts = frozenset(variant.split("+")) - {"engine"}
-            segmenter.settings = segmenter.run_settings().changed(stop={"orthogonal": "extent" not in oracle.parts})
-            segmenter.memory.clear()
-            started = time.perf_counter()
-            try:
-                mask = segmenter.segment(volume, geometry, [click[::-1]], space="ijk").mask.astype(bool)
-            except ProMISeError:
-                mask = np.zeros_like(truth)
-            row[variant] = {"dice": dice(mask, truth), "seconds": time.perf_counter() - started,
-                            "slices": int(mask.any(axis=(1, 2)).sum())}
-        target.write_text(json.dumps(row, indent=1))
-        print(json.dumps({k: v if not isinstance(v, dict) else round(v["dice"], 3) for k, v in row.items()}),
-              flush=True)
+    run_cases(oracle_job, select(args.cases, args.shard), Path(args.out), jobs=args.jobs, threads=args.threads,
+              variants=args.variants, runtime=args.runtime)
 
 
 def summary(root: Path, save: Path | None) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    rows = read_rows(root)
     variants = [v for v in VARIANTS if rows and all(v in r for r in rows)]
     if save is not None:
         save.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1) + "\n")
@@ -113,7 +108,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", default="", help="comma-separated case ids (default: every tumour case)")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each by default)")
     parser.add_argument("--summary", action="store_true", help="print the table of the scans done")
     parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")
     args = parser.parse_args()

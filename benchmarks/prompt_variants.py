@@ -1,6 +1,6 @@
 """Compare prompt variants in one process, with the error split into boundary and extent.
 
-Each variant is a prompts mode plus PropagationSettings overrides. Every scan runs with the
+Each variant is a prompts mode plus walk settings overrides by stage. Every scan runs with the
 prompter fold that never saw its patient (``promise train-prompting`` writes the folds). Per scan
 the script records:
 
@@ -43,85 +43,80 @@ import argparse
 import json
 import statistics
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
-from ProMISeLib.engine import Segmenter
+from harness import Scan, first_click, load, make_segmenter, prompter_for, resolved_prompts, run_cases, score, select
 from ProMISeLib.errors import ProMISeError
-from ProMISeLib.io.sample_data import lesion_click, load_cases, pad_field_of_view, random_lesion_click, read_case
+from ProMISeLib.io.sample_data import pad_field_of_view
 from ProMISeLib.metrics import dice
 from ProMISeLib.prompting import PROMPT_MODES
-from ProMISeLib.walk import WalkSettings
-from ProMISeTrain.prompter_pipeline import held_out_fold
-from ProMISeTrain.token_shift import TokenShift
+
+_SHIFTS: dict[str, object] = {}  # token shift plug-ins by file, one each per process
 
 
 def decompose(mask: np.ndarray, truth: np.ndarray) -> dict:
-    """Dice, and how much of the error is extent (slices) and how much is boundary (in-slice)."""
+    """How much of the error is extent (slices) and how much is boundary (in-slice)."""
     truth_k, pred_k = truth.any(axis=(1, 2)), mask.any(axis=(1, 2))
     both = np.flatnonzero(truth_k & pred_k)
-    return {"dice": dice(mask, truth), "dice_on_lesion_slices": dice(mask & truth_k[:, None, None], truth),
+    return {"dice_on_lesion_slices": dice(mask & truth_k[:, None, None], truth),
             "slice_dice": float(np.mean([dice(mask[k], truth[k]) for k in both])) if both.size else 0.0,
             "extra_slices": int((pred_k & ~truth_k).sum()), "missed_slices": int((truth_k & ~pred_k).sum()),
             "lesion_slices": int(truth_k.sum())}
 
 
-def click_of(truth: np.ndarray, spacing_kji: tuple[float, float, float], case_id: str, rule: str):
-    """The scan's click (k, j, i): ``centre`` (the voxel nearest the centroid) or ``random:SEED``."""
-    if rule == "centre":
-        return lesion_click(truth)
-    seed = int(rule.removeprefix("random:"))
-    return random_lesion_click(truth, spacing_kji, np.random.default_rng([seed, zlib.crc32(case_id.encode())]))
+def _plugins(case_id: str, token_shift: str | None, token_shift_folds: str | None) -> tuple:
+    """The decoder token shift of the scan (its held-out fold, or one file for all), as plug-ins."""
+    from ProMISeTrain.prompter_pipeline import held_out_fold
+    from ProMISeTrain.token_shift import TokenShift
+
+    path = str(held_out_fold(Path(token_shift_folds), case_id)) if token_shift_folds else token_shift or ""
+    if not path:
+        return ()
+    if path not in _SHIFTS:
+
+        _SHIFTS[path] = TokenShift.from_file(path)
+    return (_SHIFTS[path],)
+
+
+def variant_job(case, prompts: str, settings: str | None, folds: str | None, token_shift: str | None,
+                token_shift_folds: str | None, field_of_view: str | None, pad_mode: str, click: str,
+                runtime: str) -> dict:
+    """One scan, one click, this variant: the Dice and its split into extent and boundary."""
+    segmenter = make_segmenter(runtime, resolved_prompts(prompts, folds),
+                               _plugins(case.id, token_shift, token_shift_folds))
+    segmenter.settings = None  # the mode's defaults, then this variant's fields by stage
+    if settings:
+        stages = {stage: {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+                  for stage, fields in json.loads(settings).items()}
+        segmenter.settings = segmenter.run_settings().changed(**stages)
+    if prompts != "heuristic":  # the fold that never saw this patient (None: the shipped prompter)
+        segmenter.set_prompter_weights(prompter_for(case.id, folds))
+    scan = load(case)
+    if field_of_view:
+        field = tuple(float(v) for v in field_of_view.split(","))
+        scan = Scan(case.id, *pad_field_of_view(scan.volume, scan.geometry, scan.truth, field, pad_mode))
+    point = first_click(click, scan)
+    started = time.perf_counter()
+    try:
+        result = segmenter.segment(scan.volume, scan.geometry, [point[::-1]], space="ijk")
+        mask, messages, work = result.mask.astype(bool), result.messages, {
+            "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices,
+            "method": result.method}
+    except ProMISeError as exc:
+        mask, messages, work = np.zeros_like(scan.truth), [str(exc)], {}
+    seconds = time.perf_counter() - started
+    if token_shift_folds:  # one segmenter per fold: its embeddings in memory go with the scan
+        segmenter.cache.clear()
+    return {"case": case.id, "size": scan.geometry.size, "click_kji": [int(v) for v in point], **score(mask, scan),
+            **decompose(mask, scan.truth), "seconds": seconds, **work, "messages": messages}
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    out = Path(args.out) / args.variant
-    out.mkdir(parents=True, exist_ok=True)
-    shard, shards = (int(v) for v in args.shard.split("/"))
-    wanted = set(args.cases.split(",")) if args.cases else None
-    cases = [c for c in load_cases() if c.label_values and (wanted is None or c.id in wanted)][shard::shards]
-    settings = None if args.settings is None else WalkSettings().changed(**json.loads(args.settings))
-    field = tuple(float(v) for v in args.field_of_view.split(",")) if args.field_of_view else None
-
-    def shift_of(case) -> str:
-        if args.token_shift_folds:
-            return str(held_out_fold(Path(args.token_shift_folds), case.id))
-        return args.token_shift or ""
-
-    cases.sort(key=shift_of)  # one engine per token shift, each built once
-    engines: dict[str, Segmenter] = {}
-    for case in cases:
-        target = out / f"{case.id}.json"
-        if target.exists():
-            continue
-        shift = shift_of(case)
-        if shift not in engines:
-            engines.clear()  # the previous shift's engine and its embedding cache go
-            engines[shift] = Segmenter(device="cpu", runtime=args.runtime, prompts=args.prompts, settings=settings,
-                                       cache_mb=300, plugins=[TokenShift.from_file(shift)] if shift else [])
-        segmenter = engines[shift]
-        if args.folds and args.prompts != "heuristic":  # the fold that never saw this patient; one engine, one cache
-            segmenter.set_prompter_weights(str(held_out_fold(Path(args.folds), case.id)))
-        volume, geometry, truth = read_case(case)
-        if field is not None:
-            volume, geometry, truth = pad_field_of_view(volume, geometry, truth, field, args.pad_mode)
-        click = click_of(truth, tuple(geometry.spacing[::-1]), case.id, args.click)
-        started = time.perf_counter()
-        try:
-            result = segmenter.segment(volume, geometry, [click[::-1]], space="ijk")
-            mask, messages, work = result.mask.astype(bool), result.messages, {
-                "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices,
-                "method": result.method}
-        except ProMISeError as exc:
-            mask, messages, work = np.zeros_like(truth), [str(exc)], {}
-        row = {"case": case.id, "size": geometry.size, "click_kji": [int(v) for v in click], **decompose(mask, truth),
-               "seconds": time.perf_counter() - started, **work, "messages": messages}
-        target.write_text(json.dumps(row, indent=1))
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "messages"}),
-              flush=True)
+    run_cases(variant_job, select(args.cases, args.shard), Path(args.out) / args.variant, jobs=args.jobs,
+              threads=args.threads, prompts=args.prompts, settings=args.settings, folds=args.folds,
+              token_shift=args.token_shift, token_shift_folds=args.token_shift_folds,
+              field_of_view=args.field_of_view, pad_mode=args.pad_mode, click=args.click, runtime=args.runtime)
 
 
 def summary(root: Path, variants: list[str], save: Path | None = None) -> str:
@@ -155,7 +150,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--variant", default=None, help="a name for this run's folder")
     parser.add_argument("--prompts", default="fused", choices=PROMPT_MODES)
-    parser.add_argument("--settings", default=None, help="PropagationSettings fields as JSON (replaces the defaults)")
+    parser.add_argument("--settings", default=None,
+                        help='walk settings by stage as JSON, over the mode\'s defaults: {"stop": {"min_score": 0.6}}')
     parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
     parser.add_argument("--token-shift", default=None,
                         help="a decoder token shift file for every scan, plugged into the walk (default: none)")
@@ -168,8 +164,9 @@ def main() -> None:
     parser.add_argument("--pad-mode", default="mirror", choices=("mirror", "constant"))
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cases", default=None, help="comma-separated scan ids (default: every tumour scan)")
+    parser.add_argument("--cases", default="", help="comma-separated scan ids (default: every tumour scan)")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each by default)")
     parser.add_argument("--summary", nargs="+", default=None, help="print the paired table of these variants")
     parser.add_argument("--save", default=None, help="with --summary: write every per-scan row to this JSON")
     args = parser.parse_args()

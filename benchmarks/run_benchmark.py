@@ -12,6 +12,12 @@ Dice, HD95 (mm), wall time and peak memory, for
 
     python benchmarks/run_benchmark.py --out benchmarks/results/cpu.json [--cases brain1,STS_002_CT]
     python benchmarks/run_benchmark.py --table benchmarks/results/cpu.json   # print the markdown table
+    python benchmarks/run_benchmark.py --compare A.json B.json              # paired: B against A, per scan
+
+The scans, the click and the metrics are the harness's (``harness.select``, ``first_click("centre")``,
+``score``); each scan's row is kept in ``--rows`` (default: a temporary folder) as it ends, so a run given a
+``--rows`` folder skips the scans already there, and ``--jobs`` runs scans side by side (times and memory are
+then shared). ``--out`` gets every row in one JSON, in the data folder's order.
 
 Learned prompts, validated by patient: each case runs with the prompter fold that never saw its
 patient (``promise train-prompting`` writes the folds), beside an earlier heuristic run:
@@ -23,6 +29,13 @@ The same with the rule-based candidates ranked by each fold's prompter (``--prom
 
     python benchmarks/run_benchmark.py --prompter-folds OUT/folds --prompts fused --skip-baselines \
         --reference benchmarks/results/cpu.json --out benchmarks/results/cpu_fused.json
+
+The Dice cost of the int8 encoder, for example (``--extra=`` keeps the flags attached to the option):
+
+    python benchmarks/run_benchmark.py --skip-baselines --extra="--runtime onnx" --out benchmarks/results/cpu_onnx.json
+    python benchmarks/run_benchmark.py --skip-baselines --extra="--runtime onnx --precision int8" \
+        --out benchmarks/results/cpu_onnx_int8.json
+    python benchmarks/run_benchmark.py --compare benchmarks/results/cpu_onnx.json benchmarks/results/cpu_onnx_int8.json
 """
 
 from __future__ import annotations
@@ -42,11 +55,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from harness import first_click, load, make_segmenter, prompter_for, run_cases, score, select
 from ProMISeLib.engine import Segmenter
 from ProMISeLib.io.preprocess import CropWindow, normalize_intensities
-from ProMISeLib.io.sample_data import lesion_click, load_cases, read_case
-from ProMISeLib.metrics import dice, hd95
-from ProMISeTrain.prompter_pipeline import held_out_fold
 
 
 def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -> tuple[np.ndarray, dict]:
@@ -65,9 +76,9 @@ def run_cli(image: Path, point_lps: np.ndarray, device: str, extra: list[str]) -
         return sitk.GetArrayFromImage(sitk.ReadImage(str(out))), facts
 
 
-def region_growing(image: Path, click_kji: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+def region_growing(volume: np.ndarray, click_kji: tuple[int, int, int]) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    itk = sitk.Cast(sitk.ReadImage(str(image)), sitk.sitkFloat32)
+    itk = sitk.GetImageFromArray(volume.astype(np.float32, copy=False))
     seed = [tuple(int(v) for v in click_kji[::-1])]
     grown = sitk.ConfidenceConnected(itk, seedList=seed, numberOfIterations=4, multiplier=2.5,
                                      initialNeighborhoodRadius=2, replaceValue=1)
@@ -94,13 +105,50 @@ def oracle_box(segmenter: Segmenter, volume: np.ndarray, truth: np.ndarray) -> t
     return out, time.perf_counter() - started
 
 
+_ORACLES: dict[str, Segmenter] = {}
+
+
+def oracle_segmenter(device: str) -> Segmenter:
+    """The oracle box's model: on a CPU the harness's segmenter (with the embedding store), else one per device."""
+    if device == "cpu":
+        return make_segmenter(prompts="heuristic")
+    if device not in _ORACLES:
+        _ORACLES[device] = Segmenter(device=device, prompts="heuristic")
+    return _ORACLES[device]
+
+
+def metrics(mask: np.ndarray, scan) -> dict:
+    """Dice and HD95 (mm; None for an empty mask), named as this script's rows name them."""
+    scored = score(mask, scan)
+    return {"dice": scored["dice"], "hd95": scored["hd95_mm"]}
+
+
+def case_job(case, device: str, extra: str, prompter_folds: str | None, prompts: str, skip_baselines: bool,
+             skip_oracle: bool) -> dict:
+    """One scan: the CLI from the centre click, and the baselines (region growing, the oracle box)."""
+    scan = load(case)
+    click = first_click("centre", scan)
+    point = scan.geometry.index_to_lps(np.array(click[::-1], dtype=float))
+    row = {"case": case.id, "lesion_ml": scan.volume_ml, "lesion_slices": int(scan.truth.any(axis=(1, 2)).sum()),
+           "click_kji": [int(v) for v in click]}
+    arguments = extra.split() if extra else []
+    if prompter_folds:  # cross-validation: the fold that never saw this patient
+        fold = Path(prompter_for(case.id, prompter_folds))
+        arguments += ["--prompts", prompts, "--prompter-weights", str(fold)]
+        row["prompter_fold"] = fold.name
+    mask, facts = run_cli(case.image, point, device, arguments)
+    row["promise"] = {"dice": 0.0, "hd95": None, **facts} if mask is None else {**metrics(mask, scan), **facts}
+    if not skip_baselines:
+        grown, seconds = region_growing(scan.volume, click)
+        row["region_growing"] = {**metrics(grown, scan), "wall_s": seconds}
+    if not (skip_oracle or skip_baselines):
+        oracle, seconds = oracle_box(oracle_segmenter(device), scan.volume, scan.truth)
+        row["oracle_box"] = {**metrics(oracle, scan), "wall_s": seconds}
+    return row
+
+
 def evaluate(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    cases = [c for c in load_cases() if c.label_values]
-    if args.cases:
-        wanted = set(args.cases.split(","))
-        cases = [c for c in cases if c.id in wanted]
-    oracle_model = Segmenter(device=args.device, prompts="heuristic")
+    cases = select(args.cases)
     reference = {}
     if args.reference:
         earlier = json.loads(Path(args.reference).read_text())
@@ -113,47 +161,49 @@ def evaluate(args: argparse.Namespace) -> dict:
                           f"{torch.__version__}, {args.threads} threads, device {args.device}", "cases": []}
     if args.device != "cpu" and torch.cuda.is_available():
         results["machine"] += f" ({torch.cuda.get_device_name(0)})"
-    for case in cases:
-        volume, geometry, truth = read_case(case)
-        spacing_kji = geometry.spacing[::-1]
-        click = lesion_click(truth)
-        point = geometry.index_to_lps(np.array(click[::-1], dtype=float))
-        row = {"case": case.id, "lesion_ml": float(truth.sum() * geometry.voxel_volume_ml),
-               "lesion_slices": int(truth.any(axis=(1, 2)).sum()), "click_kji": click}
-        extra = args.extra.split() if args.extra else []
-        if args.prompter_folds:  # cross-validation: the fold that never saw this patient
-            fold = held_out_fold(Path(args.prompter_folds), case.id)
-            extra += ["--prompts", args.prompts, "--prompter-weights", str(fold)]
-            row["prompter_fold"] = fold.name
-        mask, facts = run_cli(case.image, point, args.device, extra)
-        if mask is None:
-            row["promise"] = {"dice": 0.0, "hd95": None, **facts}
-        else:
-            row["promise"] = {"dice": dice(mask, truth), "hd95": hd95(mask > 0, truth, spacing_kji), **facts}
-        if not args.skip_baselines:
-            grown, seconds = region_growing(case.image, click)
-            row["region_growing"] = {"dice": dice(grown, truth), "hd95": hd95(grown, truth, spacing_kji),
-                                     "wall_s": seconds}
-        if not (args.skip_oracle or args.skip_baselines):
-            oracle, seconds = oracle_box(oracle_model, volume, truth)
-            row["oracle_box"] = {"dice": dice(oracle, truth), "hd95": hd95(oracle, truth, spacing_kji),
-                                 "wall_s": seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_cases(case_job, cases, Path(args.rows or tmp), jobs=args.jobs, threads=args.threads,
+                         device=args.device, extra=args.extra, prompter_folds=args.prompter_folds,
+                         prompts=args.prompts, skip_baselines=args.skip_baselines, skip_oracle=args.skip_oracle)
+    order = {c.id: n for n, c in enumerate(cases)}
+    for row in sorted((r for r in rows if r["case"] in order), key=lambda r: order[r["case"]]):
         if args.reference:  # an earlier run on the same cases and clicks (e.g. the heuristic prompts)
-            earlier = reference[case.id]
-            if list(earlier["click_kji"]) != list(click):
-                raise SystemExit(f"{case.id}: --reference used another click {earlier['click_kji']}")
+            earlier = reference[row["case"]]
+            if list(earlier["click_kji"]) != list(row["click_kji"]):
+                raise SystemExit(f"{row['case']}: --reference used another click {earlier['click_kji']}")
             row[args.reference_label] = earlier["promise"]
             for method in ("region_growing", "oracle_box"):
                 if method not in row and method in earlier:
                     row[method] = earlier[method]
         results["cases"].append(row)
-        print(json.dumps({k: (round(v["dice"], 3) if isinstance(v, dict) else v) for k, v in row.items()}),
-              flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1, default=float))
     results["peak_rss_mb_benchmark"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=float))
     return results
+
+
+def compare(base: dict, other: dict, method: str = "promise") -> tuple[list[str], dict]:
+    """Markdown rows for the cases both runs hold, and a summary (mean and median Dice change, scans better and
+    worse by more than 0.01, median time ratio)."""
+    theirs = {c["case"]: c for c in other["cases"] if method in c}
+    rows = ["| case | Dice A | Dice B | B - A | time A s | time B s |", "|---|---|---|---|---|---|"]
+    deltas, ratios = [], []
+    for case in base["cases"]:
+        if method not in case or case["case"] not in theirs:
+            continue
+        a, b = case[method], theirs[case["case"]][method]
+        deltas.append(b["dice"] - a["dice"])
+        time_a, time_b = a.get("engine_seconds", a.get("wall_s")), b.get("engine_seconds", b.get("wall_s"))
+        if time_a and time_b:
+            ratios.append(time_b / time_a)
+        rows.append(f"| {case['case']} | {a['dice']:.3f} | {b['dice']:.3f} | {b['dice'] - a['dice']:+.3f} | "
+                    + " | ".join("-" if t is None else f"{t:.1f}" for t in (time_a, time_b)) + " |")
+    summary = {"cases": len(deltas), "mean_dice_change": statistics.mean(deltas) if deltas else None,
+               "median_dice_change": statistics.median(deltas) if deltas else None,
+               "worst_dice_change": min(deltas) if deltas else None,
+               "better_by_0.01": sum(d > 0.01 for d in deltas), "worse_by_0.01": sum(d < -0.01 for d in deltas),
+               "median_time_ratio": statistics.median(ratios) if ratios else None}
+    return rows, summary
 
 
 def _fmt(value, digits=2):
@@ -201,8 +251,19 @@ def main() -> None:
                              "--reference-label, and its baselines are reused where this run skips them")
     parser.add_argument("--reference-label", default="heuristic")
     parser.add_argument("--extra", default="", help="extra arguments for `promise segment`")
+    parser.add_argument("--rows", default=None,
+                        help="folder for the per-scan rows (a rerun skips the scans there; default: a temporary one)")
+    parser.add_argument("--jobs", type=int, default=1, help="scans run side by side (worker processes)")
     parser.add_argument("--table", default=None, help="print the markdown table of a results JSON and exit")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="print the paired comparison of two results JSON files (B against A) and exit")
+    parser.add_argument("--method", default="promise", help="with --compare: the column compared")
     args = parser.parse_args()
+    if args.compare:
+        rows, summary = compare(*(json.loads(Path(p).read_text()) for p in args.compare), args.method)
+        print("\n".join(rows))
+        print(json.dumps(summary, indent=1))
+        return
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return

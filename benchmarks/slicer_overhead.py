@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 sys.path.insert(0, str(REPO / "ProMISeModule"))
 
 from conftest_slicer import slicer_environment  # noqa: E402
-from ProMISeLib.io.sample_data import get_case, lesion_click, read_case  # noqa: E402
+from harness import first_click, load, named  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +41,11 @@ def main() -> None:
     rows = []
     with slicer_environment():
         logic = ProMISeModuleLogic()
-        for cid in args.cases.split(","):
-            volume, geometry, truth = read_case(get_case(cid))
-            node = slicer.util.addVolumeFromArray(volume, ijkToRAS=geometry.ijk_to_ras_matrix(), name=cid)
-            k, j, i = lesion_click(truth)
+        for case in named(args.cases):
+            scan = load(case)
+            cid, geometry = scan.case_id, scan.geometry
+            node = slicer.util.addVolumeFromArray(scan.volume, ijkToRAS=geometry.ijk_to_ras_matrix(), name=cid)
+            k, j, i = first_click("centre", scan)
             ras = geometry.ijk_to_ras_matrix() @ np.array([i, j, k, 1.0])
             points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{cid} clicks")
             points.AddControlPoint(*ras[:3], "tumour")

@@ -13,6 +13,10 @@ memory. Once per run: encoder milliseconds per slice at batch 1 and at the best 
 milliseconds per box prompt, and a large matmul as the machine's compute ceiling, with the
 encoder's FLOPs per slice (counted by torch's FlopCounterMode in the run).
 
+The cases are the harness's labelled scans (``harness.named``, in the order given), read and clicked as every
+benchmark does; the segmenter is built here, without the benchmarks' embedding store, so a first click is timed
+cold.
+
 ``--plain`` times, per case, what per-slice SAM plugins do: PyTorch fp32, every slice of the
 volume encoded whole (padded square, resized to the model's input, no ROI crop, one slice per
 call) and one box decoded per slice (the lesion's box on that slice, its 3D box elsewhere); the
@@ -35,10 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ProMISeModule"))
 
+from harness import Scan, first_click, load, named, score  # noqa: E402
 from ProMISeLib.engine import Segmenter  # noqa: E402
 from ProMISeLib.io.geometry import ImageGeometry  # noqa: E402
 from ProMISeLib.io.preprocess import CropWindow, normalize_intensities  # noqa: E402
-from ProMISeLib.io.sample_data import corrective_click, lesion_click  # noqa: E402
+from ProMISeLib.io.sample_data import corrective_click  # noqa: E402
 from ProMISeLib.prompting import PROMPT_MODES  # noqa: E402
 from ProMISeLib.runtime.predictor import SlicePredictor  # noqa: E402
 
@@ -107,6 +112,7 @@ def plain_path(predictor: SlicePredictor, volume: np.ndarray, truth: np.ndarray,
 
 
 def load_cases(args):
+    """(scan, modality) per case named: from the pack (normalised already), else the harness's labelled scans."""
     if args.pack:
         pack = np.load(args.pack)
         meta = {m["id"]: m for m in json.loads(Path(args.pack).with_name("meta.json").read_text())}
@@ -115,12 +121,10 @@ def load_cases(args):
             volume = pack[cid + "__vol"].astype(np.float32)
             k, j, i = m["shape"]
             geometry = ImageGeometry((i, j, k), tuple(m["spacing"]), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-            yield cid, volume, geometry, pack[cid + "__gt"], "none"  # already normalised to 0-255
+            yield Scan(cid, volume, geometry, pack[cid + "__gt"].astype(bool)), "none"  # already normalised to 0-255
     else:
-        from ProMISeLib.io.sample_data import get_case, read_case
-
-        for cid in args.cases.split(","):
-            yield cid, *read_case(get_case(cid)), "auto"
+        for case in named(args.cases):
+            yield load(case), "auto"
 
 
 def main() -> None:
@@ -141,7 +145,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="auto", choices=PROMPT_MODES)
     parser.add_argument("--prompter-weights", default=None)
     parser.add_argument("--settings", default=None,
-                        help="PropagationSettings fields as JSON, over the prompt mode's own defaults")
+                        help='walk settings by stage as JSON, over the mode\'s defaults: {"stop": {"min_score": 0.6}}')
     parser.add_argument("--out", default="benchmarks/results/speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,7 +161,7 @@ def main() -> None:
     device = segmenter.device
     # PyTorch fp32 on the same device: the plain path's model, and the one whose FLOPs are counted.
     same = args.runtime == "torch" and args.precision == "fp32"
-    reference = predictor if same else Segmenter(device=str(device), weights=args.weights).load()
+    reference = predictor if same else Segmenter(device=str(device), weights=args.weights, runtime="torch").load()
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["speed.py", *sys.argv[1:]]),
               "device": str(device), "runtime": args.runtime, "precision": args.precision,
               "prompts": segmenter.resolved_prompts,
@@ -186,8 +190,9 @@ def main() -> None:
     report["decoder_ms_per_prompt"] = timed(lambda: predictor.decode(emb, 256, box), device, 10) * 1000
     report["decoder_ms_per_prompt_batch8"] = timed(lambda: predictor.decode(emb, 256, np.repeat(box, 8, 0)),
                                                    device, 5) * 1000 / 8
-    for cid, volume, geometry, truth, modality in load_cases(args):
-        click = np.array(lesion_click(truth))
+    for scan, modality in load_cases(args):
+        cid, volume, geometry, truth = scan.case_id, scan.volume, scan.geometry, scan.truth
+        click = np.array(first_click("centre", scan))
         segmenter.cache.clear()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -211,7 +216,7 @@ def main() -> None:
                "correction_decoded_prompts": correction.decoded_prompts,
                "correction_encoded": correction.encoded_slices,
                "refine_click_s": refine.elapsed_s, "refine_encoded": refine.encoded_slices,
-               "dice": float(2 * (first.mask.astype(bool) & truth).sum() / (first.mask.sum() + truth.sum())),
+               **score(first.mask, scan),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 1e6
