@@ -229,11 +229,16 @@ def score(mask: np.ndarray, scan: Scan) -> dict:
 
 
 def protocol(segmenter: Segmenter, scan: Scan, mode: str, clicks: int,
-             record: Callable[[int, np.ndarray], None] | None = None, **segment_kwargs) -> dict:
+             record: Callable[[int, np.ndarray], None] | None = None, encode_ahead: bool = True,
+             **segment_kwargs) -> dict:
     """The interactive protocol on one scan: the first prompt of ``mode``, then up to ``clicks`` corrective
     clicks at the deepest voxel of the largest error (positive on a miss, negative on a false part). Every click
     is a new ``Segmenter.segment`` call with all the prompts so far, as the Slicer panel and the CLI make it.
-    ``record(n, mask)`` sees the mask after each prompt (n = 0 for the first)."""
+    ``record(n, mask)`` sees the mask after each prompt (n = 0 for the first).
+
+    With ``encode_ahead``, between two clicks the segmenter encodes ahead for the next correction
+    (``encode_for_corrections``), as the Slicer panel's worker does while the user looks at the result: that
+    time is the step's ``ahead_seconds``, not its ``seconds``."""
     prompt = first_prompt(mode, scan)
     positives, negatives, box = [tuple(p) for p in prompt["points"]], [], prompt["box"]
     steps, result = [], None
@@ -255,8 +260,15 @@ def protocol(segmenter: Segmenter, scan: Scan, mode: str, clicks: int,
             seconds = time.perf_counter() - started
             if record is not None:
                 record(n, result.mask)
-            steps.append({**score(result.mask, scan), "seconds": seconds, "positive": positive,
-                          "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices})
+            step = {**score(result.mask, scan), "seconds": seconds, "positive": positive,
+                    "decoded_prompts": result.decoded_prompts, "encoded_slices": result.encoded_slices}
+            if encode_ahead and n < corrections:  # the user looks at the result; the worker encodes ahead
+                started = time.perf_counter()
+                step["ahead_slices"] = segmenter.encode_for_corrections(
+                    scan.volume, scan.geometry, positives or None, negative_points=negatives or None, space="ijk",
+                    **kwargs)
+                step["ahead_seconds"] = time.perf_counter() - started
+            steps.append(step)
     except ProMISeError as exc:
         return {"steps": steps, "error": str(exc).splitlines()[0]}
     return {"steps": steps, "method": result.method if result is not None else None}

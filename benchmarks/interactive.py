@@ -54,7 +54,8 @@ SIZES = ((0.0, 5.0, "under 5 mL"), (5.0, 50.0, "5-50 mL"), (50.0, float("inf"), 
 TARGETS = (0.80, 0.85)
 
 
-def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None, runtime: str) -> dict:
+def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None, runtime: str,
+                 encode_ahead: bool = True, with_alternatives: bool = True) -> dict:
     """One scan through the protocol, for every first prompt of ``modes``."""
     segmenter = make_segmenter(runtime, resolved_prompts(prompts, folds))
     if prompts != "heuristic":
@@ -63,14 +64,16 @@ def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None,
     row = {"case": case.id, "volume_ml": scan.volume_ml, "prompter": "held-out fold" if folds else "shipped",
            "modes": {}}
     for mode in modes.split(","):
-        row["modes"][mode] = protocol(segmenter, scan, mode, clicks)
-        row["modes"][mode]["alternatives"] = alternatives(segmenter, scan, mode)
+        row["modes"][mode] = protocol(segmenter, scan, mode, clicks, encode_ahead=encode_ahead)
+        if with_alternatives:
+            row["modes"][mode]["alternatives"] = alternatives(segmenter, scan, mode)
     return row
 
 
 def run(args: argparse.Namespace) -> None:
     run_cases(protocol_job, select(args.cases, args.shard), Path(args.out), jobs=args.jobs, threads=args.threads,
-              modes=args.modes, clicks=args.clicks, prompts=args.prompts, folds=args.folds, runtime=args.runtime)
+              modes=args.modes, clicks=args.clicks, prompts=args.prompts, folds=args.folds, runtime=args.runtime,
+              encode_ahead=not args.no_encode_ahead, with_alternatives=not args.no_alternatives)
 
 
 def _curve(steps: list[dict], clicks: int) -> list[float]:
@@ -126,6 +129,38 @@ def alternatives_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def latency_table(rows: list[dict], base_rows: list[dict], clicks: int) -> list[str]:
+    """Markdown rows: per first prompt, the seconds of corrections 1..clicks (median / p90 / max, how many over
+    3 s and 10 s), the encoding ahead between clicks, and the baseline's seconds for the very same clicks (the
+    steps whose Dice agree to 1e-9 in both runs: the same masks, so the same next click)."""
+    base = {r["case"]: r for r in base_rows}
+    lines = ["| first prompt | corrections | s per correction: median / p90 / max | over 3 s / 10 s | encoding ahead "
+             "between clicks, s: median / max | baseline, the same clicks: median / p90 / max | over 3 s / 10 s |",
+             "|---|---|---|---|---|---|---|"]
+
+    def spread(values: list[float]) -> str:
+        q = quantiles(values)
+        return f"{q['median']:.2f} / {q['p90']:.1f} / {q['max']:.1f} | {sum(v > 3 for v in values)} / " \
+               f"{sum(v > 10 for v in values)}"
+
+    for mode in sorted({m for r in rows for m in r["modes"] if not m.startswith("box")}):
+        ours, theirs, ahead = [], [], []
+        for r in rows:
+            steps = r["modes"].get(mode, {}).get("steps", [])
+            ahead += [s["ahead_seconds"] for s in steps if "ahead_seconds" in s]
+            other = base.get(r["case"], {}).get("modes", {}).get(mode, {}).get("steps", [])
+            for n in range(1, min(clicks, len(steps) - 1) + 1):
+                same = all(abs(a["dice"] - b["dice"]) < 1e-9 for a, b in zip(steps[: n + 1], other, strict=False))
+                if n < len(other) and same:
+                    ours.append(steps[n]["seconds"])
+                    theirs.append(other[n]["seconds"])
+        if ours:
+            q = quantiles(ahead) if ahead else None
+            shown = f"{q['median']:.1f} / {q['max']:.1f}" if q else "-"
+            lines.append(f"| {mode} | {len(ours)} | {spread(ours)} | {shown} | {spread(theirs)} |")
+    return lines
+
+
 def summary(root: Path, clicks: int, baseline: Path | None = None, plot: Path | None = None,
             save: Path | None = None) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
@@ -143,7 +178,8 @@ def summary(root: Path, clicks: int, baseline: Path | None = None, plot: Path | 
     if base_rows:
         depth = min(clicks, max(len(m["steps"]) for r in base_rows for m in r["modes"].values()) - 1)
         lines += ["", f"baseline {baseline}: the same {len(base_rows)} scans, {depth} corrections",
-                  *table(base_rows, depth)]
+                  *table(base_rows, depth), "", "corrections paired with the baseline's",
+                  *latency_table(rows, base_rows, clicks)]
     if plot is not None:
         _plot(rows, base_rows, clicks, plot)
     return "\n".join(lines)
@@ -240,6 +276,9 @@ def main() -> None:
     parser.add_argument("--folds", default=None, help="the folds folder of `promise train-prompting`")
     parser.add_argument("--runtime", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-encode-ahead", action="store_true",
+                        help="no encoding ahead for the next correction between clicks (the panel's worker does it)")
+    parser.add_argument("--no-alternatives", action="store_true", help="skip walking each first click's alternatives")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each by default)")
     parser.add_argument("--summary", default=None, help="print the tables of this results folder and exit")

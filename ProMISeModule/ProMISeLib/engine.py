@@ -43,7 +43,8 @@ from ProMISeLib.runtime.predictor import EmbeddingCache, SlicePredictor
 from ProMISeLib.walk import WALK_DEFAULTS, SliceMasks, WalkPlugin, WalkSettings, assemble
 from ProMISeLib.walk.choose import chooser_for
 from ProMISeLib.walk.context import WalkContext
-from ProMISeLib.walk.lesions import lesions_afresh, lesions_refined
+from ProMISeLib.walk.correct import slices_past_ends
+from ProMISeLib.walk.lesions import click_key, lesions_afresh, lesions_refined
 from ProMISeLib.walk.memory import LesionMemory
 
 if TYPE_CHECKING:  # SimpleITK is imported only when a 3D model runs
@@ -213,17 +214,8 @@ class Segmenter:
         click's neighbourhood is redone. ``result.decoded_prompts`` says how much decoding a call did.
         """
         started = time.perf_counter()
-        volume = validate_volume(np.asarray(volume))
-        if volume.shape != geometry.shape_kji:
-            raise InvalidInputError(f"array shape {volume.shape} does not match the geometry {geometry.shape_kji}")
-        if (points is None or len(points) == 0) and box is None:
-            raise InvalidInputError("at least one positive point or a box is needed")
-        positives = _voxels(geometry, points, space)
-        negatives = _voxels(geometry, negative_points, space)
-        bounds = geometry.box_to_voxels_kji(np.asarray(box, float), space) if box is not None else None
-        if bounds is not None and (self.spec.kind == VOLUME3D or self.spec.point_prompts):
-            raise InvalidInputError(f"{self.spec.name} takes no box prompt; use a box-prompted model (litemedsam)")
-        _check_alternative(alternative, bool(positives) and bounds is None and self.spec.kind != VOLUME3D)
+        volume, positives, negatives, bounds = self._prompts(volume, geometry, points, negative_points, space, box,
+                                                             alternative)
         if self.spec.kind == VOLUME3D:
             return self._segment_volume3d(volume, geometry, positives, negatives, modality, progress, cancel)
         if progress:
@@ -232,18 +224,12 @@ class Segmenter:
                                              else ""))
         predictor = self.load()
         encoded_before, hits_before, decoded_before = predictor.encoded, self.cache.hits, predictor.decoded_prompts
-        normalised, _ = self._normalise(volume, modality)
+        ctx, context = self._walk_context(volume, geometry, modality, bounds, progress, cancel)
         prompter = self.learned_prompter()
-        settings = self.run_settings()
-        ctx = WalkContext(predictor, normalised, (geometry.spacing[1], geometry.spacing[0]), geometry.spacing[2],
-                          settings, progress, cancel, chooser=chooser_for(self.resolved_prompts, prompter),
-                          plugins=self.plugins, bounds=bounds, point_prompts=self.spec.point_prompts,
-                          encode_ahead=self.encode_ahead)
         if self.spec.point_prompts:  # every click prompts every slice it is on: each call starts afresh
             lesions = lesions_afresh(ctx, positives, negatives, progress, alternative)
         else:
-            self.memory.bind(normalised, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds,
-                                          self.encode_ahead))
+            self.memory.bind(ctx.volume, context)
             lesions = lesions_refined(ctx, self.memory, positives, negatives, progress, alternative)
         mask = assemble(volume.shape, lesions, negatives)
         if not mask.any():
@@ -263,6 +249,62 @@ class Segmenter:
             decoded_prompts=predictor.decoded_prompts - decoded_before, alternative=alternative,
             alternatives=next((lesion.hypotheses for lesion in lesions if lesion.hypotheses), 1),
         )
+
+    def encode_for_corrections(self, volume: np.ndarray, geometry: ImageGeometry,
+                               points: Sequence[Sequence[float]] | None = None,
+                               negative_points: Sequence[Sequence[float]] | None = None, space: Space = "lps",
+                               modality: Modality = "auto", cancel: CancelFn | None = None,
+                               box: Sequence[Sequence[float]] | None = None, alternative: int = 0) -> int:
+        """Encode the slices that a corrective click on the result of :meth:`segment` with these same arguments
+        may walk onto: past each lesion's ends, nearest first, until ``cancel()`` turns true.
+
+        Run it while the user looks at that result (Slicer's worker does, in the background): the correction
+        then decodes only. Returns how many slices it encoded; 0 where the segmenter does not remember that
+        result (another volume or settings since, or a model that does not refine).
+        """
+        volume, positives, negatives, bounds = self._prompts(volume, geometry, points, negative_points, space, box,
+                                                             alternative)
+        if self.spec.kind == VOLUME3D or self.spec.point_prompts:
+            return 0
+        predictor = self.load()
+        ctx, context = self._walk_context(volume, geometry, modality, bounds, None, cancel)
+        lesions = self.memory.state(ctx.volume, context, click_key(bounds is not None, positives, negatives,
+                                                                   alternative))
+        before = predictor.encoded
+        for lesion in lesions or []:
+            for k in slices_past_ends(ctx, lesion):
+                if cancel is not None and cancel():
+                    return predictor.encoded - before
+                predictor.embed(ctx.volume, [k], lesion.crop)
+        return predictor.encoded - before
+
+    def _prompts(self, volume: np.ndarray, geometry: ImageGeometry, points, negative_points, space: Space, box,
+                 alternative: int) -> tuple[np.ndarray, list, list, np.ndarray | None]:
+        """A call's checked volume, its clicks as voxels (positive, negative) and its box's voxel bounds."""
+        volume = validate_volume(np.asarray(volume))
+        if volume.shape != geometry.shape_kji:
+            raise InvalidInputError(f"array shape {volume.shape} does not match the geometry {geometry.shape_kji}")
+        if (points is None or len(points) == 0) and box is None:
+            raise InvalidInputError("at least one positive point or a box is needed")
+        positives = _voxels(geometry, points, space)
+        negatives = _voxels(geometry, negative_points, space)
+        bounds = geometry.box_to_voxels_kji(np.asarray(box, float), space) if box is not None else None
+        if bounds is not None and (self.spec.kind == VOLUME3D or self.spec.point_prompts):
+            raise InvalidInputError(f"{self.spec.name} takes no box prompt; use a box-prompted model (litemedsam)")
+        _check_alternative(alternative, bool(positives) and bounds is None and self.spec.kind != VOLUME3D)
+        return volume, positives, negatives, bounds
+
+    def _walk_context(self, volume: np.ndarray, geometry: ImageGeometry, modality: Modality, bounds,
+                      progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[WalkContext, tuple]:
+        """The walk's context for a call, and what the lesion memory's states depend on besides the volume."""
+        normalised, _ = self._normalise(volume, modality)
+        prompter = self.learned_prompter()
+        settings = self.run_settings()
+        ctx = WalkContext(self.load(), normalised, (geometry.spacing[1], geometry.spacing[0]), geometry.spacing[2],
+                          settings, progress, cancel, chooser=chooser_for(self.resolved_prompts, prompter),
+                          plugins=self.plugins, bounds=bounds, point_prompts=self.spec.point_prompts,
+                          encode_ahead=self.encode_ahead)
+        return ctx, (geometry.spacing, settings, self._mode, id(prompter), self.plugins, bounds, self.encode_ahead)
 
     def _segment_volume3d(self, volume: np.ndarray, geometry: ImageGeometry, positives: list, negatives: list,
                           modality: Modality, progress: ProgressFn | None, cancel: CancelFn | None

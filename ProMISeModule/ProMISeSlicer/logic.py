@@ -287,6 +287,7 @@ class ProMISeModuleLogic(_LogicBase):
         run = write_results(prepared.volumeNode, prepared.pointsNode, segmentationNode, results, prepared.model,
                             self.undoStack if prepared.recordUndo else None)
         run.elapsed_s = time.perf_counter() - prepared.started
+        run.prepared = prepared
         run.model = prepared.model
         run.runtime = str(getattr(results[-1][1], "runtime", prepared.runtime)) if results else prepared.runtime
         run.prompts = prepared.prompts

@@ -19,7 +19,7 @@ from . import nodes
 from .worker import ProgressCallback
 
 __all__ = ["ModelNotes", "PreparedRun", "PromptGroup", "SegmentRun", "SegmentedObject", "compute_results",
-           "group_prompts"]
+           "encode_for_corrections", "group_prompts"]
 
 
 @dataclass
@@ -62,6 +62,7 @@ class SegmentRun:
     device: str = ""
     runtime: str = ""
     prompts: str = ""  # what was asked for ("auto", "fused", "learned", "heuristic"); :attr:`method` says what ran
+    prepared: object = None  # the PreparedRun it wrote (its results encode ahead for corrections)
 
     @property
     def messages(self) -> list[str]:
@@ -187,11 +188,7 @@ def compute_results(segmenter, prepared: PreparedRun, progressCallback: Progress
                 total = (n + min(max(float(fraction), 0.0), 1.0)) / len(groups)
                 progressCallback(total, f'"{label}" ({n + 1}/{len(groups)}): {message}')
 
-        keywords = {"alternative": group.alternative} if group.alternative else {}
-        if group.box is not None:
-            keywords["box"] = tuple(tuple(float(v) for v in corner) for corner in group.box)
-        points = np.array([p.ras for p in group.positives]) if group.positives else None
-        negative = np.array([p.ras for p in group.negatives]) if group.negatives else None
+        points, negative, keywords = _engine_prompts(group, group.alternative)
         try:
             result = segmenter.segment(prepared.array, prepared.geometry, points, negative_points=negative,
                                        space="ras", progress=progress, cancel=cancelled, **keywords)
@@ -211,3 +208,27 @@ def compute_results(segmenter, prepared: PreparedRun, progressCallback: Progress
     if cancelled():
         raise SegmentationCancelled("segmentation cancelled; nothing was changed")
     return results
+
+
+def encode_for_corrections(segmenter, prepared: PreparedRun, cancelCallback: Callable[[], bool] | None = None) -> int:
+    """Encode ahead the slices each computed object's next corrective click may walk onto (see
+    ``Segmenter.encode_for_corrections``); stops at a cancel. Returns how many slices were encoded."""
+    encoded = 0
+    for group, result in prepared.results:
+        if cancelCallback is not None and cancelCallback():
+            break
+        points, negative, keywords = _engine_prompts(group, int(getattr(result, "alternative", 0)))
+        encoded += segmenter.encode_for_corrections(prepared.array, prepared.geometry, points,
+                                                    negative_points=negative, space="ras", cancel=cancelCallback,
+                                                    **keywords)
+    return encoded
+
+
+def _engine_prompts(group: PromptGroup, alternative: int) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """A group's positive and negative points (RAS) and the engine's box and alternative keywords."""
+    keywords: dict = {"alternative": alternative} if alternative else {}
+    if group.box is not None:
+        keywords["box"] = tuple(tuple(float(v) for v in corner) for corner in group.box)
+    points = np.array([p.ras for p in group.positives]) if group.positives else None
+    negative = np.array([p.ras for p in group.negatives]) if group.negatives else None
+    return points, negative, keywords

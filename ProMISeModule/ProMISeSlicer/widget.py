@@ -31,6 +31,7 @@ from .models_panel import ModelsPanel
 from .points_panel import PointsPanel
 from .poller import ensure_polling
 from .routing import PromptSession
+from .run import encode_for_corrections
 from .worker import CANCELLED, DONE, Job
 
 DEVICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
@@ -308,6 +309,7 @@ class ProMISeModuleWidget(ModelsPanel, PointsPanel, ScriptedLoadableModuleWidget
             following = self._nextCandidate()
             if len(run.objects) == 1 and following is not None and following[0] == run.objects[0].segmentId:
                 self.runSegmentation(segmentIds=[following[0]], alternative=following[1], ahead=True)
+            self.encodeAheadOfCorrections(run)
         elif outcome.status == CANCELLED:
             self.setStatus(_("Cancelled; nothing was changed."))
         elif isinstance(outcome.error, ProMISeError):
@@ -316,6 +318,20 @@ class ProMISeModuleWidget(ModelsPanel, PointsPanel, ScriptedLoadableModuleWidget
             text = _("Segmentation failed: {error}").format(error=outcome.error)
             self.setStatus(text, error=True)
             slicer.util.errorDisplay(text, detailedText=outcome.details or traceback.format_exc())
+
+    def encodeAheadOfCorrections(self, run) -> str:
+        """Encode in the background the slices the next corrective click on ``run``'s segments may walk onto
+        (after the next candidate, if that is computed ahead); the user's next run cancels it."""
+        logic, prepared = self.logic, run.prepared
+        if prepared is None or not prepared.results:
+            return ""
+
+        def compute(prepared, progress, cancel) -> int:
+            segmenter = logic.getSegmenter(prepared.model, prepared.device, prepared.runtime, prepared.prompts)
+            return encode_for_corrections(segmenter, prepared, cancel)
+
+        return logic.runner.submit(Job(lambda: prepared, compute, lambda encoded: None, background=True,
+                                       description=_("Preparing for the next click...")))
 
     def onCancelButton(self) -> None:
         self.logic.requestCancel()

@@ -224,7 +224,8 @@ class FakeSegmenter:
     with ``label=``, the labelled structure under the point (an oracle, to check the write-back).
     It records the ``runtime`` and ``prompts`` it was made for, as the engine does, and names in its
     results' ``method`` the prompts that "ran" (the engine's wording). With ``alternatives=n`` its first click
-    has n hypotheses: ``alternative=a`` gives a ball of ``radius_mm / (1 + a)``.
+    has n hypotheses: ``alternative=a`` gives a ball of ``radius_mm / (1 + a)``. ``encode_for_corrections``
+    records its calls in ``encoded_ahead``.
     """
 
     instances: list = []
@@ -236,7 +237,7 @@ class FakeSegmenter:
                  fail_on_call=None, prompts="auto", alternatives=1):
         self.model, self.device, self.runtime, self.prompts = model, device, runtime, prompts
         self.radius_mm, self.label, self.empty, self.fail_on_call = radius_mm, label, empty, fail_on_call
-        self.calls = []
+        self.calls, self.encoded_ahead = [], []
         self.alternatives = alternatives
         self.memory, self.cache = _Clearable(), _Clearable()  # as the engine's lesion memory and embedding cache
         FakeSegmenter.instances.append(self)
@@ -280,6 +281,13 @@ class FakeSegmenter:
         return SegmentationResult(mask, geometry, bounding_box(mask), 0.01, self.METHODS[self.prompts], self.model,
                                   self.device, messages=["fake weak result"] if self.empty else [], runtime=ran,
                                   alternative=alternative, alternatives=self.alternatives)
+
+    def encode_for_corrections(self, volume_kji, geometry, points, negative_points=None, space="ras",
+                               modality="auto", cancel=None, box=None, alternative=0):
+        """Records the call as the engine's would be made (the same prompts as the result's); encodes nothing."""
+        self.encoded_ahead.append({"points": np.array(points, dtype=float), "alternative": alternative,
+                                   "array": volume_kji, "cancelled": bool(cancel is not None and cancel())})
+        return 0
 
 
 class _Clearable:

@@ -236,3 +236,44 @@ def test_a_first_click_keeps_its_distinct_hypotheses_and_an_alternative_walks_an
     assert new_lesion(_context(volume), click, [click], []).hypotheses == 0  # not the call's first click
     with pytest.raises(InvalidInputError, match="no alternative"):
         new_lesion(_context(volume), click, [click], [], alternative=best.hypotheses)
+
+
+def test_the_slices_encoded_ahead_of_a_correction_are_those_past_the_ends_nearest_first():
+    """A lesion on slices 6-10 of 24 (2 mm): a positive click up to ``correction.reach`` slices past an end goes
+    on ``correction.extend_mm`` (5 slices) past it, so 11 slices past each end may be walked onto, taken
+    nearest first, the ends in turn, never outside the volume nor a box prompt's slices."""
+    from ProMISeLib.walk.correct import slices_past_ends
+
+    volume = _cylinder(6, 10)
+    ctx = _context(volume)
+    past = ctx.settings.correction.reach + 5
+    order = slices_past_ends(ctx, _lesion(volume, list(range(6, 11))))
+    assert order[:4] == [11, 5, 12, 4]
+    assert sorted(order) == [k for k in range(24) if 6 - past <= k < 6 or 10 < k <= 10 + past]
+    bounded = slices_past_ends(_context(volume, bounds=np.array([[4, 13], [0, 63], [0, 63]])),
+                               _lesion(volume, list(range(6, 11))))
+    assert sorted(bounded) == [4, 5, 11, 12, 13]
+
+
+def test_encoding_ahead_for_corrections_leaves_a_click_past_the_end_only_decoding(brain, one_torch_thread):
+    """Encoded ahead while the user looks, a positive click one slice past the lesion's end encodes nothing and
+    gives the very mask it gives without; a call the segmenter does not remember, or a cancel, encodes nothing."""
+    from ProMISeLib.engine import Segmenter
+
+    volume, geometry, truth = brain
+    click = (190, 134, 12)  # (i, j, k)
+    ahead = Segmenter(device="cpu")
+    first = ahead.segment(volume, geometry, [click], space="ijk").mask
+    assert ahead.encode_for_corrections(volume, geometry, [(150, 150, 3)], space="ijk") == 0  # not a result it has
+    assert ahead.encode_for_corrections(volume, geometry, [click], space="ijk", cancel=lambda: True) == 0
+    encoded = ahead.encode_for_corrections(volume, geometry, [click], space="ijk")
+    assert encoded > 0
+    assert ahead.encode_for_corrections(volume, geometry, [click], space="ijk") == 0  # all there already
+    last = int(np.flatnonzero(first.any(axis=(1, 2))).max())
+    past = (click[0], click[1], last + 1)
+    refined = ahead.segment(volume, geometry, [click, past], space="ijk")
+    assert refined.encoded_slices == 0
+    plain = Segmenter(device="cpu")
+    plain.segment(volume, geometry, [click], space="ijk")
+    without = plain.segment(volume, geometry, [click, past], space="ijk")
+    assert without.encoded_slices > 0 and np.array_equal(refined.mask, without.mask)

@@ -670,3 +670,28 @@ def test_next_candidate_swaps_the_target_segment_and_is_computed_ahead(widget, m
     widget.onUndoButton()
     np.testing.assert_array_equal(slicer_array(parameters.outputSegmentation, segmentId, parameters.inputVolume), first)
 
+
+def test_after_a_result_is_shown_the_worker_encodes_ahead_for_its_corrections(widget, module):
+    """Once a result is written, the worker encodes ahead, in the background, for the next corrective click on it:
+    with the result's own prompts and candidate, after the next candidate computed ahead, without looking busy
+    (a user's run cancels background work: test_slicer_worker)."""
+    import vtk
+
+    ui, parameters = module.ui, widget._parameterNode
+    widget.logic.segmenterFactory = fake_factory(radius_mm=6.0, alternatives=2)
+    parameters.inputVolume = add_volume(np.zeros((12, 24, 24), np.float32), np.eye(4), "scan")
+    points = parameters.positivePoints
+    points.AddControlPoint(vtk.vtkVector3d(11.0, 11.0, 6.0), "lesion")
+    ui.positivePointsSelector.setCurrentNode(points)
+    widget.onPointsNodeChanged()
+    widget.onSegmentButton()
+    finish(widget)
+    engine = FakeSegmenter.instances[-1]
+    assert [call["alternative"] for call in engine.calls] == [0, 1]  # the run, then the next candidate ahead
+    assert len(engine.encoded_ahead) == 1 and not widget.logic.busy
+    ahead = engine.encoded_ahead[0]
+    np.testing.assert_array_equal(ahead["points"], engine.calls[0]["points"])
+    assert ahead["alternative"] == 0 and ahead["array"] is engine.calls[0]["array"] and not ahead["cancelled"]
+    widget.onNextCandidateButton()  # shows candidate 2: the encoding ahead follows that one
+    finish(widget)
+    assert [a["alternative"] for a in engine.encoded_ahead] == [0, 1]

@@ -66,6 +66,16 @@ def _grown(ctx: WalkContext, k: int, crop, mask: np.ndarray, click_ji: tuple[int
     return grown | mask
 
 
+def slices_past_ends(ctx: WalkContext, lesion: SliceMasks) -> list[int]:
+    """The slices a positive click past the lesion's ends may walk onto (it refines the lesion up to
+    ``correction.reach`` slices past an end and goes on ``correction.extend_mm`` past the click), nearest an end
+    first, the two ends in turn: what to encode while the user looks at the lesion."""
+    s = ctx.settings.correction
+    past = s.reach + max(1, int(np.ceil(s.extend_mm / ctx.slice_mm)))
+    lo, hi, depth = min(lesion.masks), max(lesion.masks), ctx.volume.shape[0]
+    return [k for n in range(1, past + 1) for k in (hi + n, lo - n) if 0 <= k < depth and ctx.allows(k)]
+
+
 def correct(ctx: WalkContext, lesion: SliceMasks, click_kji: Voxel, positive: bool,
             negatives: list[Voxel]) -> SliceMasks:
     """``lesion`` refined by one more click (a new SliceMasks; ``lesion`` is not changed).

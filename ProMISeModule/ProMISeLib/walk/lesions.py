@@ -10,13 +10,13 @@ from __future__ import annotations
 from ProMISeLib.walk.context import ProgressFn, Voxel, WalkContext
 from ProMISeLib.walk.correct import correct
 from ProMISeLib.walk.masks import SliceMasks
-from ProMISeLib.walk.memory import LesionMemory
+from ProMISeLib.walk.memory import Click, LesionMemory
 from ProMISeLib.walk.planes import box_extents, orthogonal_extents
 from ProMISeLib.walk.propagate import propagate
 from ProMISeLib.walk.seed import seed, seed_from_box
 
 #: The first entry of a call's clicks when it has a box prompt: the box seeds the lesion, the clicks refine it.
-BOX = ("box", 0, 0, 0)
+BOX: Click = ("box", 0, 0, 0)
 
 
 def new_lesion(ctx: WalkContext, click: Voxel | None, positives: list[Voxel], negatives: list[Voxel],
@@ -72,9 +72,7 @@ def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxe
     The first positive click is keyed with its ``alternative`` ("+2": the third hypothesis), so each
     alternative and the corrections made on it are remembered apart.
     """
-    clicks = [BOX] if ctx.bounds is not None else []
-    clicks += [(_first(alternative) if n == 0 else "+", *c) for n, c in enumerate(positives)]
-    clicks += [("-", *c) for c in negatives]
+    clicks = list(click_key(ctx.bounds is not None, positives, negatives, alternative))
     key, lesions = memory.longest(clicks)
     remaining = list(clicks)
     for click in key:
@@ -92,6 +90,14 @@ def lesions_refined(ctx: WalkContext, memory: LesionMemory, positives: list[Voxe
         key = key + (click,)
         memory.put(key, lesions)
     return list(lesions)
+
+
+def click_key(boxed: bool, positives: list[Voxel], negatives: list[Voxel], alternative: int = 0) -> tuple[Click, ...]:
+    """The memory's key of a call's clicks, in the order they are applied: the box prompt (``boxed``), the
+    positive clicks (the first tagged with its ``alternative``), then the negative ones."""
+    clicks: list[Click] = [BOX] if boxed else []
+    clicks += [(_first(alternative) if n == 0 else "+", *c) for n, c in enumerate(positives)]
+    return tuple(clicks + [("-", *c) for c in negatives])
 
 
 def _first(alternative: int) -> str:

@@ -49,6 +49,12 @@ class LesionMemory:
             self._states.move_to_end(key)
         return state
 
+    def state(self, volume: np.ndarray, context: Hashable, key: tuple[Click, ...]) -> list[SliceMasks] | None:
+        """The lesions after ``key``'s clicks on ``volume`` (the very array) with ``context``, if remembered."""
+        if self._volume is None or self._volume() is not volume or self._context != context:
+            return None
+        return self.get(key)
+
     def longest(self, clicks: Sequence[Click]) -> tuple[tuple[Click, ...], list[SliceMasks]]:
         """The longest remembered run made only of ``clicks`` (each used at most as often as given),
         and its lesions; ``((), [])`` when there is none."""
