@@ -180,6 +180,15 @@ def make_segmenter(runtime: str = "onnx", prompts: str = "auto", plugins: tuple 
     return _SEGMENTERS[key]
 
 
+def apply_settings(segmenter: Segmenter, settings: str | None) -> None:
+    """The mode's default walk settings, then ``settings`` (JSON ``{stage: {field: value}}``) over them."""
+    segmenter.settings = None
+    if settings:
+        stages = {stage: {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+                  for stage, fields in json.loads(settings).items()}
+        segmenter.settings = segmenter.run_settings().changed(**stages)
+
+
 def prompter_for(case_id: str, folds: str | None) -> str | None:
     """The prompter fold that never saw the case's patient (None: the shipped prompter)."""
     if not folds:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from harness import (
     alternatives,
+    apply_settings,
     load,
     make_segmenter,
     prompter_for,
@@ -55,9 +56,11 @@ TARGETS = (0.80, 0.85)
 
 
 def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None, runtime: str,
-                 encode_ahead: bool = True, with_alternatives: bool = True) -> dict:
-    """One scan through the protocol, for every first prompt of ``modes``."""
+                 encode_ahead: bool = True, with_alternatives: bool = True, settings: str | None = None) -> dict:
+    """One scan through the protocol, for every first prompt of ``modes`` (``settings``: walk settings by stage,
+    JSON, over the mode's defaults)."""
     segmenter = make_segmenter(runtime, resolved_prompts(prompts, folds))
+    apply_settings(segmenter, settings)
     if prompts != "heuristic":
         segmenter.set_prompter_weights(prompter_for(case.id, folds))
     scan = load(case)
@@ -73,7 +76,7 @@ def protocol_job(case, modes: str, clicks: int, prompts: str, folds: str | None,
 def run(args: argparse.Namespace) -> None:
     run_cases(protocol_job, select(args.cases, args.shard), Path(args.out), jobs=args.jobs, threads=args.threads,
               modes=args.modes, clicks=args.clicks, prompts=args.prompts, folds=args.folds, runtime=args.runtime,
-              encode_ahead=not args.no_encode_ahead, with_alternatives=not args.no_alternatives)
+              encode_ahead=not args.no_encode_ahead, with_alternatives=not args.no_alternatives, settings=args.settings)
 
 
 def _curve(steps: list[dict], clicks: int) -> list[float]:
@@ -279,6 +282,8 @@ def main() -> None:
     parser.add_argument("--no-encode-ahead", action="store_true",
                         help="no encoding ahead for the next correction between clicks (the panel's worker does it)")
     parser.add_argument("--no-alternatives", action="store_true", help="skip walking each first click's alternatives")
+    parser.add_argument("--settings", default=None,
+                        help='walk settings by stage over the defaults, JSON: \'{"correction": {"reach": 12}}\'')
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th scan from the I-th")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each by default)")
     parser.add_argument("--summary", default=None, help="print the tables of this results folder and exit")

@@ -46,7 +46,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import Scan, first_click, load, make_segmenter, prompter_for, resolved_prompts, run_cases, score, select
+from harness import (
+    Scan,
+    apply_settings,
+    first_click,
+    load,
+    make_segmenter,
+    prompter_for,
+    resolved_prompts,
+    run_cases,
+    score,
+    select,
+)
 from ProMISeLib.errors import ProMISeError
 from ProMISeLib.io.sample_data import pad_field_of_view
 from ProMISeLib.metrics import dice
@@ -85,11 +96,7 @@ def variant_job(case, prompts: str, settings: str | None, folds: str | None, tok
     """One scan, one click, this variant: the Dice and its split into extent and boundary."""
     segmenter = make_segmenter(runtime, resolved_prompts(prompts, folds),
                                _plugins(case.id, token_shift, token_shift_folds))
-    segmenter.settings = None  # the mode's defaults, then this variant's fields by stage
-    if settings:
-        stages = {stage: {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-                  for stage, fields in json.loads(settings).items()}
-        segmenter.settings = segmenter.run_settings().changed(**stages)
+    apply_settings(segmenter, settings)  # the mode's defaults, then this variant's fields by stage
     if prompts != "heuristic":  # the fold that never saw this patient (None: the shipped prompter)
         segmenter.set_prompter_weights(prompter_for(case.id, folds))
     scan = load(case)
