@@ -7,7 +7,9 @@ the metrics, the worker processes and the per-scan JSON. Every benchmark script 
 **The embedding store.** Segmenters made here keep every crop's embedding on disk
 (``ProMISeLib.runtime.embedding_store``; ``PROMISE_BENCH_STORE``, default ``<cache>/embedding-store``,
 ``none`` to turn it off): a rerun after a change to a decision costs the decoder only, and the masks are the
-same as the cold run's (float16 embeddings in both).
+same as the cold run's (float16 embeddings in both). A run without a store (float32 embeddings, as the CLI and
+Slicer run) differs by a few voxels: up to 0.0026 Dice on 19 of 39 protocol steps of STS_006_CT, STS_016_MR_T1
+and brain1 (2026-12-08).
 
 **The decode memo.** They also replay the decoder (``DecodeMemo``, a plug-in through the walk's extension
 point ``adapt_backend``; ``PROMISE_BENCH_MEMO``, default ``<store>/decoded``): the logits of a decode call are
