@@ -12,10 +12,11 @@ Slicer run) differs by a few voxels: up to 0.0026 Dice on 19 of 39 protocol step
 and brain1 (2026-12-08).
 
 **The decode memo.** They also replay the decoder (``DecodeMemo``, a plug-in through the walk's extension
-point ``adapt_backend``; ``PROMISE_BENCH_MEMO``, default ``<store>/decoded``): the logits of a decode call are
+point ``adapt_backend``; ``PROMISE_BENCH_MEMO``, default ``<store>/decoded-f32``): the logits of a decode call are
 kept on disk by the hash of its embedding and prompts, as float32, so a replay gives the very logits the decoder
 gave and a rerun decodes only the prompts a change made new; the masks are those of a run without it (float16
-logits, kept until 2026-12-08, moved a few boundary voxels: up to 0.0005 Dice on 53 of 384 protocol steps).
+logits, kept in ``<store>/decoded`` until 2026-12-08, moved a few boundary voxels: up to 0.0005 Dice on 53 of 384
+protocol steps; nothing reads that folder now, so it can be deleted).
 
 **Held out by patient.** ``prompter_for(case, folds)`` is the learned prompter's fold that never saw the
 case's patient (``promise train-prompting --folds 19``); without folds the shipped prompter runs. Build the
@@ -128,7 +129,7 @@ class _MemoBackend:
             digest.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
         digest.update(self._backend.runtime.encode())
         name = digest.hexdigest()
-        path = self.folder / name[:2] / f"{name}.f32.npz"
+        path = self.folder / name[:2] / f"{name}.npz"
         try:
             with np.load(path) as kept:
                 logits, iou = kept["logits"], kept["iou"]
@@ -162,7 +163,7 @@ def memo_folder() -> Path | None:
     store = store_folder()
     if configured.lower() == "none" or (store is None and not configured):
         return None
-    return Path(configured).expanduser() if configured else store / "decoded"
+    return Path(configured).expanduser() if configured else store / "decoded-f32"
 
 
 _SEGMENTERS: dict[tuple, Segmenter] = {}
